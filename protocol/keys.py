@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+from zmq.utils import z85
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -112,7 +113,7 @@ class KeyPair:
 
 
 def encode_server_key(curve_public_z85: bytes, sign_public: bytes) -> str:
-    curve = zmq.utils.z85.decode(curve_public_z85)
+    curve = z85.decode(curve_public_z85)
     raw = curve + sign_public
     return SERVER_KEY_PREFIX + base64.urlsafe_b64encode(raw + hashlib.sha256(raw).digest()[:4]).decode().rstrip("=")
 
@@ -132,4 +133,4 @@ def decode_server_key(text: str) -> tuple[bytes, bytes]:
         raise BadServerKey(f"a server key holds 68 bytes, this one {len(raw)}; copy it again from the operator")
     if hashlib.sha256(raw[:64]).digest()[:4] != raw[64:]:
         raise BadServerKey("the server key's checksum does not match: it was mistyped; copy it again")
-    return zmq.utils.z85.encode(raw[:32]), raw[32:64]
+    return z85.encode(raw[:32]), raw[32:64]
