@@ -309,6 +309,12 @@ def decode_reply(frames: list[bytes], limits: Limits = DEFAULT_LIMITS) -> Reply:
     _parse_version(bytes(frames[0]), limits)
     m = unpack_body(bytes(frames[1]))
     try:
-        return Reply(bool(m["ok"]), str(m["code"]), str(m["msg"]), bytes(m["re"]), dict(m.get("data") or {}))
-    except (KeyError, TypeError, ValueError):
+        ok, code, msg, re = m["ok"], m["code"], m["msg"], m["re"]
+    except KeyError:
         raise E.MalformedBody("the reply lacks one of ok, code, msg, re") from None
+    data = m.get("data") or {}
+    # bytes(int) would allocate that many zero bytes: check types, never convert them
+    if not isinstance(re, bytes) or not isinstance(data, dict):
+        raise E.MalformedBody(f"the reply's 're' must be bin and 'data' a map; got {type(re).__name__} "
+                              f"and {type(data).__name__}")
+    return Reply(bool(ok), str(code), str(msg), re, data)
