@@ -1,0 +1,196 @@
+"""The site's side of the channel: a CURVE-encrypted ZeroMQ DEALER with timeouts, retries, chunks.
+
+One request is outstanding at a time. When no reply comes before the timeout the socket is thrown
+away and a new one opened (ZeroMQ's "lazy pirate" pattern), and the request is signed again with a
+fresh message id, so the server's replay protection never refuses a genuine retry. Every request is
+idempotent on the server (uploads by digest, chunks by offset), so a retry after a lost reply is
+harmless.
+
+A socket monitor tells "nobody answers" (SERVER_UNREACHABLE) apart from "something answers but
+cannot prove the pinned server key" (HANDSHAKE_FAILED): in the second case TCP connects and the
+CURVE handshake then fails or the connection is dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from protocol import errors as E
+from protocol.constants import MAX_BODY_BYTES, MSG_ID_BYTES
+from protocol.envelope import Reply, decode_reply, encode_request, pack
+from protocol.keys import KeyPair
+
+from .config import EdgeConfig
+
+log = logging.getLogger(__name__)
+
+_CONNECTED = zmq.EVENT_CONNECTED
+_HANDSHAKE_OK = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0x1000)
+_HANDSHAKE_FAILED = (getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0x0800)
+                     | getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0x2000)
+                     | getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0x4000))
+
+
+class Client:
+    """Requests to one server, signed with the site's key."""
+
+    def __init__(self, cfg: EdgeConfig, keys: KeyPair | None = None, *, timeout_s: float | None = None,
+                 retries: int | None = None):
+        self.cfg = cfg
+        self.keys = keys or cfg.keys()
+        self.server_curve, self.server_sign = cfg.server_keys()
+        self.timeout_s = cfg.timeout_s if timeout_s is None else timeout_s
+        self.retries = cfg.retries if retries is None else retries
+        self.ctx = zmq.Context.instance()
+        self.sock: zmq.Socket | None = None
+        self.monitor: zmq.Socket | None = None
+        self._events = 0
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        s = self.ctx.socket(zmq.DEALER)
+        s.curve_secretkey = self.keys.curve_secret
+        s.curve_publickey = self.keys.curve_public
+        s.curve_serverkey = self.server_curve
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.monitor = s.get_monitor_socket(_CONNECTED | _HANDSHAKE_OK | _HANDSHAKE_FAILED
+                                            | zmq.EVENT_DISCONNECTED)
+        s.connect(self.cfg.endpoint)
+        self.sock = s
+        self._events = 0
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
+            self.sock.close(linger=0)
+            self.sock = self.monitor = None
+
+    def _drain_monitor(self) -> None:
+        while self.monitor is not None:
+            try:
+                ev = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            self._events |= ev["event"]
+
+    def _handshake_failed(self) -> bool:
+        """TCP reached the server but CURVE never completed: the pinned key is not the server's."""
+        ok = self._events & _HANDSHAKE_OK
+        return bool(not ok and (self._events & _HANDSHAKE_FAILED
+                                or (self._events & _CONNECTED and self._events & zmq.EVENT_DISCONNECTED)))
+
+    # ---- one request ------------------------------------------------------------------------
+
+    def request(self, kind: str, body: bytes = b"", *, federation: str | None = None,
+                include_public_key: bool = False) -> Reply:
+        """Send one signed request and wait for its reply, retrying with backoff.
+
+        Raises ``ServerUnreachable``, ``HandshakeFailed`` or the ``ProtocolError`` the server
+        reported.
+        """
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            if self.sock is None:
+                self._open()
+            msg_id = os.urandom(MSG_ID_BYTES)
+            frames = encode_request(kind, body, self.keys.signing, federation=federation, msg_id=msg_id,
+                                    include_public_key=include_public_key)
+            self.sock.send_multipart(frames, copy=len(body) < 65536)
+            reply = self._wait(msg_id)
+            if reply is not None:
+                return reply.raise_for_error()
+            failed = self._handshake_failed()
+            self.close()
+            if failed:
+                raise E.HandshakeFailed(f"{self.cfg.endpoint} answered but could not prove the pinned server "
+                                        f"key (CURVE handshake failed)")
+            if attempt + 1 < attempts:
+                delay = min(0.25 * 2 ** attempt, 4.0)
+                log.info("no reply from %s within %.1f s; retry %d/%d in %.2f s", self.cfg.endpoint,
+                         self.timeout_s, attempt + 1, self.retries, delay)
+                time.sleep(delay)
+        raise E.ServerUnreachable(f"no reply from {self.cfg.endpoint} after {attempts} attempt(s) of "
+                                  f"{self.timeout_s:g} s each")
+
+    def _wait(self, msg_id: bytes) -> Reply | None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        deadline = time.monotonic() + self.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(int(left * 1000) + 1))
+            if self.monitor in ready:
+                self._drain_monitor()
+                # a failed handshake will not heal by waiting: give up on this attempt early
+                if self._handshake_failed():
+                    return None
+            if self.sock in ready:
+                reply = decode_reply(self.sock.recv_multipart())
+                if reply.re in (msg_id, b""):
+                    return reply
+                log.debug("dropped a late reply to an earlier attempt")
+        self._drain_monitor()
+        return None
+
+    def call(self, kind: str, body: dict[str, Any] | None = None, *, federation: str | None = None,
+             include_public_key: bool = False) -> dict[str, Any]:
+        return self.request(kind, pack(body or {}), federation=federation,
+                            include_public_key=include_public_key).data
+
+    # ---- high-level operations --------------------------------------------------------------
+
+    def enroll(self) -> dict[str, Any]:
+        return self.call("enroll", {"site": self.cfg.site_id, "curve": self.keys.curve_public.decode(),
+                                    "name": self.cfg.name}, include_public_key=True)
+
+    def upload(self, payload: bytes, federation: str, kind: str,
+               on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Upload a payload: in one request when it fits, else in acknowledged, resumable chunks."""
+        chunk = self.cfg.chunk_size
+        if len(payload) <= min(chunk, MAX_BODY_BYTES - 4096):
+            data = self.request("upload", payload, federation=federation).data
+            if on_progress:
+                on_progress(len(payload), len(payload))
+            return data
+        sha = hashlib.sha256(payload).digest()
+        begin = self.call("upload_begin", {"kind": kind, "size": len(payload), "sha256": sha, "chunk_size": chunk},
+                          federation=federation)
+        if begin.get("duplicate"):
+            if on_progress:
+                on_progress(len(payload), len(payload))
+            return begin
+        uid, offset = begin["upload_id"], int(begin["offset"])
+        if offset:
+            log.info("resuming upload %s at byte %d of %d", uid, offset, len(payload))
+        view = memoryview(payload)
+        while offset < len(payload):
+            if on_progress:
+                on_progress(offset, len(payload))
+            piece = bytes(view[offset:offset + chunk])
+            try:
+                offset = int(self.call("upload_chunk", {"upload_id": uid, "offset": offset, "data": piece},
+                                       federation=federation)["offset"])
+            except E.ChunkOutOfOrder:
+                # the server holds a different amount than we thought: ask it where to continue
+                offset = int(self.call("upload_begin", {"kind": kind, "size": len(payload), "sha256": sha,
+                                                        "chunk_size": chunk}, federation=federation)["offset"])
+        if on_progress:
+            on_progress(len(payload), len(payload))
+        return self.call("upload_commit", {"upload_id": uid}, federation=federation)

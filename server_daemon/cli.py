@@ -1,0 +1,348 @@
+"""`osfl-server`: the operator's command line. Each command reads the config once, then acts.
+
+Exit codes: 0 success, 1 unexpected error, 2 usage, 3 configuration, 4 store, 5 not found,
+6 not allowed in the current state (server_daemon/errors.py).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from protocol.keys import KeyPair, encode_server_key
+from protocol.payloads import METHODS, method_to_kind
+
+from .config import load_config, render_config, resolve_config_path
+from .errors import ConfigError, ServerError
+from .store import Store
+
+log = logging.getLogger("osfl.server")
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        class JsonFormatter(logging.Formatter):
+            def format(self, r: logging.LogRecord) -> str:
+                d = {"ts": round(r.created, 3), "level": r.levelname, "logger": r.name, "msg": r.getMessage()}
+                if r.exc_info:
+                    d["exc"] = self.formatException(r.exc_info)
+                return json.dumps(d)
+        handler.setFormatter(JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):  # journald stamps the time itself
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _fmt_ms(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class Ctx:
+    def __init__(self, config: str | None):
+        self.config_path = config
+        self._cfg = None
+
+    @property
+    def cfg(self):
+        if self._cfg is None:
+            self._cfg = load_config(self.config_path)
+        return self._cfg
+
+    def store(self) -> Store:
+        return Store(self.cfg.state_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", metavar="PATH", envvar="OSFL_SERVER_CONFIG",
+              help="server config (TOML); default $OSFL_SERVER_CONFIG or /etc/osfl/server.toml")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """osfl server: admits sites, stores their one-shot payloads, runs the federation."""
+    ctx.obj = Ctx(config)
+
+
+@cli.command()
+@click.option("--state-dir", default=None, help="where the store and keys live (default: 'state' beside the config)")
+@click.option("--bind", default="tcp://127.0.0.1:7878", show_default=True, help="endpoint to listen on")
+@click.pass_obj
+def init(obj: Ctx, state_dir: str | None, bind: str) -> None:
+    """Write a config, create the store and the server keys; print the server key for sites."""
+    path = resolve_config_path(obj.config_path)
+    if path.exists():
+        raise ConfigError(f"{path} already exists; edit it, or pass another --config")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render_config(bind, state_dir or "state"))
+    os.replace(tmp, path)
+    cfg = load_config(path)
+    Store(cfg.state_dir, create=True).close()
+    if not (cfg.keys_dir / "server.sign.key").exists():
+        KeyPair.generate().save(cfg.keys_dir, "server")
+    keys = KeyPair.load(cfg.keys_dir, "server")
+    click.echo(f"config:     {path}")
+    click.echo(f"state:      {cfg.state_dir}")
+    click.echo(f"listen on:  {cfg.server.bind}")
+    click.echo("server key (give this to every site for `osfl-edge init --server-key`):")
+    click.echo(encode_server_key(keys.curve_public, keys.public))
+
+
+@cli.command()
+@click.pass_obj
+def key(obj: Ctx) -> None:
+    """Print the server key string sites pin."""
+    keys = KeyPair.load(obj.cfg.keys_dir, "server")
+    click.echo(encode_server_key(keys.curve_public, keys.public))
+
+
+@cli.command()
+@click.pass_obj
+def run(obj: Ctx) -> None:
+    """Run the daemon in the foreground (systemd: Type=notify)."""
+    cfg = obj.cfg
+    setup_logging(cfg.server.log_level, cfg.server.log_format)
+    from .daemon import Daemon
+
+    Daemon(cfg).run()
+
+
+# ---- clients ----------------------------------------------------------------------------------
+
+@cli.group()
+def clients() -> None:
+    """List sites and accept, reject or revoke their keys."""
+
+
+@clients.command("list")
+@click.option("--state", type=click.Choice(["pending", "accepted", "rejected", "revoked"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def clients_list(obj: Ctx, state: str | None, as_json: bool) -> None:
+    store = obj.store()
+    rows = store.clients(state)
+    if as_json:
+        click.echo(json.dumps([{"fingerprint": c.fingerprint, "site": c.site, "name": c.name, "state": c.state,
+                                "enrolled": c.created_ms, "updated": c.updated_ms} for c in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no sites" + (f" in state {state}" if state else "") + "; sites enroll with `osfl-edge enroll`")
+        return
+    click.echo(f"{'FINGERPRINT':32}  {'STATE':9}  {'SITE':20}  {'ENROLLED':23}  NAME")
+    for c in rows:
+        click.echo(f"{c.fingerprint:32}  {c.state:9}  {c.site:20}  {_fmt_ms(c.created_ms):23}  {c.name}")
+
+
+def _transition(obj: Ctx, fingerprint: str, action: str) -> None:
+    c = obj.store().transition(fingerprint, action)
+    click.echo(f"{c.site} ({c.fingerprint}) is now {c.state}")
+
+
+@clients.command("accept")
+@click.argument("fingerprint")
+@click.pass_obj
+def clients_accept(obj: Ctx, fingerprint: str) -> None:
+    """Admit a pending (or earlier rejected) site. Compare the fingerprint with the site's own first."""
+    _transition(obj, fingerprint, "accept")
+
+
+@clients.command("reject")
+@click.argument("fingerprint")
+@click.pass_obj
+def clients_reject(obj: Ctx, fingerprint: str) -> None:
+    """Refuse a pending site."""
+    _transition(obj, fingerprint, "reject")
+
+
+@clients.command("revoke")
+@click.argument("fingerprint")
+@click.pass_obj
+def clients_revoke(obj: Ctx, fingerprint: str) -> None:
+    """Withdraw a site's admission; its stored payloads stay."""
+    _transition(obj, fingerprint, "revoke")
+
+
+@cli.command()
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def audit(obj: Ctx, limit: int, as_json: bool) -> None:
+    """Show the audit log (admission changes, refusals, federation changes), newest first."""
+    rows = obj.store().audit_log(limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{_fmt_ms(r['ts_ms'])}  {r['actor']:8}  {r['action']:28}  {r['site'] or '-':16}  "
+                   f"{r['fingerprint'] or '-':32}  {r['detail']}")
+
+
+# ---- federations ------------------------------------------------------------------------------
+
+@cli.group()
+def federation() -> None:
+    """Create and inspect federations."""
+
+
+def _parse_deadline(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"expected an ISO date-time such as 2026-12-01T12:00; got {text!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp() * 1000)
+
+
+@federation.command("create")
+@click.argument("fed_id")
+@click.option("--classes", help="comma-separated class names, e.g. 'melanoma,nevus'")
+@click.option("--classes-file", type=click.Path(exists=True, dir_okay=False), help="one class name per line")
+@click.option("--methods", default="class-prompts", show_default=True,
+              help=f"comma-separated methods sites may use: {', '.join(METHODS)}")
+@click.option("--images-per-class", default=400, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--quorum", default=1, show_default=True, type=click.IntRange(1, 100_000),
+              help="sites whose payloads start the synthesis")
+@click.option("--deadline", default=None, help="ISO date-time after which synthesis starts with what arrived")
+@click.pass_obj
+def federation_create(obj: Ctx, fed_id: str, classes: str | None, classes_file: str | None, methods: str,
+                      images_per_class: int, quorum: int, deadline: str | None) -> None:
+    """Create federation FED_ID that sites upload to."""
+    import re
+
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", fed_id):
+        raise click.BadParameter("a federation id is 1-64 letters, digits, '.', '_' or '-'", param_hint="FED_ID")
+    names: list[str] = []
+    if classes:
+        names += [c.strip() for c in classes.split(",") if c.strip()]
+    if classes_file:
+        names += [ln.strip() for ln in Path(classes_file).read_text().splitlines() if ln.strip()]
+    if not names:
+        raise click.UsageError("give the class names with --classes or --classes-file")
+    if len(set(names)) != len(names):
+        raise click.BadParameter("class names must be unique", param_hint="--classes")
+    try:
+        kinds = [method_to_kind(m.strip()) for m in methods.split(",") if m.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--methods") from None
+    fed = obj.store().create_federation(fed_id, names, kinds, images_per_class, quorum, _parse_deadline(deadline))
+    click.echo(f"federation {fed.id}: {len(fed.classes)} classes, methods {', '.join(fed.methods)}, "
+               f"{fed.images_per_class} images per class, quorum {fed.quorum}")
+
+
+@federation.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def federation_list(obj: Ctx, as_json: bool) -> None:
+    store = obj.store()
+    feds = store.federations()
+    if as_json:
+        click.echo(json.dumps([f.public() | {"received": store.count_sites(f.id)} for f in feds], indent=2))
+        return
+    if not feds:
+        click.echo("no federations; create one with `osfl-server federation create`")
+        return
+    click.echo(f"{'ID':20}  {'STATE':12}  {'SITES':>9}  {'CLASSES':>7}  METHODS")
+    for f in feds:
+        click.echo(f"{f.id:20}  {f.state:12}  {store.count_sites(f.id):>4}/{f.quorum:<4}  {len(f.classes):>7}  "
+                   f"{','.join(f.methods)}")
+
+
+@federation.command("show")
+@click.argument("fed_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def federation_show(obj: Ctx, fed_id: str, as_json: bool) -> None:
+    store = obj.store()
+    f = store.federation(fed_id)
+    if f is None:
+        from .errors import NotFoundError
+
+        raise NotFoundError(f"no federation {fed_id!r}; `osfl-server federation list` shows them")
+    payloads = store.payloads(fed_id)
+    sites = {c.fingerprint: c.site for c in store.clients()}
+    if as_json:
+        click.echo(json.dumps(f.public() | {"payloads": [
+            {"id": p.id, "site": sites.get(p.fingerprint), "kind": p.kind, "size": p.size,
+             "sha256": p.sha256.hex(), "received_ms": p.received_ms} for p in payloads]}, indent=2))
+        return
+    click.echo(f"federation   {f.id}  ({f.state})")
+    click.echo(f"classes      {len(f.classes)}: {', '.join(f.classes)}")
+    click.echo(f"methods      {', '.join(f.methods)}")
+    click.echo(f"images/class {f.images_per_class}")
+    click.echo(f"quorum       {store.count_sites(f.id)} of {f.quorum} sites" +
+               (f", deadline {_fmt_ms(f.deadline_ms)}" if f.deadline_ms else ""))
+    click.echo(f"payloads     {len(payloads)}")
+    for p in payloads:
+        click.echo(f"  #{p.id:<5} {sites.get(p.fingerprint, p.fingerprint):20} {p.kind:14} {p.size:>10} B  "
+                   f"{_fmt_ms(p.received_ms)}")
+
+
+# ---- status -----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj: Ctx, as_json: bool) -> None:
+    """Daemon liveness, sites by state, federations and payload counts."""
+    cfg = obj.cfg
+    store = obj.store()
+    d = store.daemon_info()
+    alive = bool(d and d["state"] == "running" and time.time() * 1000 - d["heartbeat_ms"]
+                 < 3 * cfg.ingest.heartbeat_s * 1000)
+    by_state: dict[str, int] = {}
+    for c in store.clients():
+        by_state[c.state] = by_state.get(c.state, 0) + 1
+    feds = [f.public() | {"received": store.count_sites(f.id)} for f in store.federations()]
+    if as_json:
+        click.echo(json.dumps({"daemon": (d or {}) | {"alive": alive}, "sites": by_state,
+                               "federations": feds, "payloads": len(store.payloads())}, indent=2))
+        return
+    if d is None:
+        click.echo("daemon       never started (`osfl-server run`, or `systemctl start osfl-server`)")
+    else:
+        state = "running" if alive else ("stopped" if d["state"] == "stopped" else "not responding")
+        click.echo(f"daemon       {state} (pid {d['pid']}, {d['bind']}, last heartbeat {_fmt_ms(d['heartbeat_ms'])})")
+        c = d["counters"]
+        click.echo(f"ingest       {c.get('requests', 0)} requests, {c.get('stored', 0)} payloads stored, "
+                   f"rejected {sum(c.get('rejected', {}).values())} {c.get('rejected') or ''}")
+    click.echo("sites        " + (", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none"))
+    for f in feds:
+        click.echo(f"federation   {f['id']}: {f['state']}, {f['received']}/{f['quorum']} sites uploaded")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="osfl-server", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ServerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except (FileNotFoundError, PermissionError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
