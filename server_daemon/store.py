@@ -314,11 +314,13 @@ class Store:
         return Payload(*row) if row else None
 
     def insert_payload(self, federation: str, fingerprint: str, kind: str, sha256: bytes, size: int,
-                       msg_id: bytes, inline: bytes | None = None, path: str | None = None) -> int:
+                       msg_id: bytes, inline: bytes | None = None, path: str | None = None) -> int | None:
+        """Insert a payload row; None when this site already has a payload of this kind here."""
         cur = self.db.execute(
             "INSERT INTO payloads (federation, fingerprint, kind, sha256, size, inline, path, msg_id, received_ms) "
-            "VALUES (?,?,?,?,?,?,?,?,?)", (federation, fingerprint, kind, sha256, size, inline, path, msg_id, now_ms()))
-        return cur.lastrowid
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (federation, fingerprint, kind) DO NOTHING",
+            (federation, fingerprint, kind, sha256, size, inline, path, msg_id, now_ms()))
+        return cur.lastrowid if cur.rowcount == 1 else None
 
     def payloads(self, federation: str | None = None) -> list[Payload]:
         q = "SELECT id, federation, fingerprint, kind, sha256, size, path, received_ms FROM payloads"
