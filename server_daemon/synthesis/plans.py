@@ -109,6 +109,9 @@ def plan_from_payloads(
     if not payloads:
         raise PlanError(f"federation {federation!r} has no payloads to synthesise from")
     sites = sorted(payloads)
+    for site in sites:
+        if not isinstance(payloads[site], Mapping):
+            raise PlanError(f"payload of site {site!r} is not a map")
     if labels is None:
         labels = list(payloads[sites[0]].get("labels") or [])
     labels = list(labels)
