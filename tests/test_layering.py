@@ -1,0 +1,48 @@
+"""The import rules of DESIGN.md, checked statically over every module of the three packages."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = {"torch", "diffusers", "transformers", "accelerate", "onnx", "safetensors"}
+#: server modules allowed to import the heavy ML stack (lazily, inside the server only)
+HEAVY_OK = ("server_daemon/synthesis/", "server_daemon/training/", "server_daemon/tinymodels.py",
+            "server_daemon/jobs", "server_daemon/demo.py", "server_daemon/edge_models")
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def modules(package: str):
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules("protocol"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_protocol_imports_nothing_of_ours(path):
+    assert not imports(path) & {"edge_client", "server_daemon"} | (imports(path) & HEAVY)
+
+
+@pytest.mark.parametrize("path", modules("edge_client"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_edge_client_never_imports_the_server_or_torch(path):
+    bad = imports(path) & ({"server_daemon"} | HEAVY)
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", modules("server_daemon"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_server_never_imports_the_edge_and_keeps_torch_in_its_place(path):
+    rel = str(path.relative_to(ROOT))
+    found = imports(path)
+    assert "edge_client" not in found, f"{rel} imports edge_client"
+    if not rel.startswith(HEAVY_OK):
+        assert not found & HEAVY, f"{rel} imports {found & HEAVY}; only synthesis/training modules may"
