@@ -70,6 +70,7 @@ class Daemon:
                              max_version=PROTOCOL_VERSION, window_s=cfg.limits.replay_window_s)
         self.stopping = False
         self.stats = Stats()
+        self._hb_requests = 0
         self._clients: dict[str, Client] = {}
         self._feds: dict = {}
         self._data_version = -1
@@ -153,7 +154,10 @@ class Daemon:
             if watchdog and t - last_watchdog >= watchdog:
                 systemd.notify("WATCHDOG=1")
                 last_watchdog = t
-            if t - self._last_heartbeat >= self.cfg.ingest.heartbeat_s:
+            since = t - self._last_heartbeat
+            # counters shown by `osfl-server status`: fresh within a second while busy
+            if since >= self.cfg.ingest.heartbeat_s or (since >= 1.0 and self.stats.requests != self._hb_requests):
+                self._hb_requests = self.stats.requests
                 self._heartbeat("running")
 
     def _turn(self, batch_max: int) -> int:
