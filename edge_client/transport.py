@@ -16,12 +16,14 @@ import hashlib
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol import errors as E
+from protocol.artifacts import verify_manifest
 from protocol.constants import MAX_BODY_BYTES, MSG_ID_BYTES
 from protocol.envelope import Reply, decode_reply, encode_request, pack
 from protocol.keys import KeyPair
@@ -194,3 +196,76 @@ class Client:
         if on_progress:
             on_progress(len(payload), len(payload))
         return self.call("upload_commit", {"upload_id": uid}, federation=federation)
+
+    def download(self, name: str, dest: Path, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Fetch a signed artifact into ``dest``: chunked, resumable, verified before it is moved in place.
+
+        The manifest must carry the pinned server key's signature and the file its sha256;
+        otherwise nothing is written at ``dest``. ``dest.manifest`` keeps manifest and signature so
+        the file can be checked again later (``verify_artifact``). Returns the manifest.
+        """
+        info = self.call("artifact_info", {"name": name})
+        manifest = verify_manifest(self.server_sign, info["manifest"], info["signature"])
+        if manifest["name"] != name:
+            raise E.BadSignature(f"asked for {name!r}, the server's signed manifest is for {manifest['name']!r}")
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        stamp = dest.with_name(dest.name + ".part.sha256")
+        sha, size = manifest["sha256"], manifest["size"]
+        if not (part.exists() and stamp.exists() and stamp.read_text().strip() == sha.hex()
+                and part.stat().st_size <= size):
+            part.unlink(missing_ok=True)
+            stamp.write_text(sha.hex())
+            part.touch()
+        offset = part.stat().st_size
+        chunk = int(info.get("chunk_size") or self.cfg.chunk_size)
+        with open(part, "r+b") as f:
+            f.seek(offset)
+            while offset < size:
+                if on_progress:
+                    on_progress(offset, size)
+                data = self.call("artifact_chunk", {"name": name, "offset": offset,
+                                                    "length": min(chunk, size - offset), "sha256": sha})["data"]
+                if not data:
+                    raise E.MalformedBody(f"the server sent an empty chunk of {name} at byte {offset}")
+                f.write(data)
+                offset += len(data)
+            f.flush()
+            os.fsync(f.fileno())
+        h = hashlib.sha256()
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.digest() != sha:
+            part.unlink()
+            stamp.unlink(missing_ok=True)
+            raise E.PayloadDigestMismatch(f"{name}: the downloaded file's sha256 differs from the signed manifest; "
+                                          f"it was discarded, run the command again")
+        (dest.with_name(dest.name + ".manifest")).write_bytes(pack({"manifest": info["manifest"],
+                                                                     "signature": info["signature"]}))
+        os.replace(part, dest)
+        stamp.unlink(missing_ok=True)
+        if on_progress:
+            on_progress(size, size)
+        return manifest
+
+
+def verify_artifact(path: Path, server_sign_public: bytes) -> dict[str, Any]:
+    """Check a downloaded file against its stored signed manifest (before every use)."""
+    import msgpack
+
+    path = Path(path)
+    side = path.with_name(path.name + ".manifest")
+    if not path.exists() or not side.exists():
+        raise E.NotFound(f"{path} or its signed manifest {side} is missing; fetch it again")
+    stored = msgpack.unpackb(side.read_bytes(), raw=False)
+    manifest = verify_manifest(server_sign_public, stored["manifest"], stored["signature"])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.digest() != manifest["sha256"]:
+        raise E.PayloadDigestMismatch(f"{path} no longer matches its signed manifest (changed on disk); fetch it again")
+    return manifest
+

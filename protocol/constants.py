@@ -38,4 +38,6 @@ KINDS = (
     "upload_chunk",    # one acknowledged chunk
     "upload_commit",   # check the digest of the whole and store it
     "ping",            # liveness and version check
+    "artifact_info",   # the signed manifest of a file the server offers (global model, edge bundle)
+    "artifact_chunk",  # one piece of that file, by offset
 )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from protocol import errors as E
+from protocol.artifacts import check_name as check_artifact_name
 from protocol.constants import PROTOCOL_VERSION
 from protocol.envelope import Limits, ReplayGuard, Request, encode_reply, now_ms, open_request, unpack_body
 from protocol.keys import KeyPair
@@ -281,6 +282,10 @@ class Daemon:
             return self._upload_chunk(req, client)
         if kind == "upload_commit":
             return self._upload_commit(req, client)
+        if kind == "artifact_info":
+            return self._artifact_info(req)
+        if kind == "artifact_chunk":
+            return self._artifact_chunk(req)
         raise E.UnknownKind(f"kind {kind!r} is not handled by this server")
 
     # ---- admission --------------------------------------------------------------------------
@@ -443,3 +448,34 @@ class Daemon:
             return self._existing(fed.id, client.fingerprint, up["kind"], digest)
         self.stats.stored += 1
         return {"payload_id": pid, "sha256": digest, "size": up["size"], "duplicate": False}
+
+    # ---- downloads of signed artifacts --------------------------------------------------------
+
+    def _artifact(self, req: Request) -> tuple[dict, dict]:
+        body = unpack_body(req.body)
+        name = check_artifact_name(body.get("name"))
+        art = self.store.artifact(name)
+        if art is None:
+            raise E.NotFound(f"the server has no {name!r} yet" + (
+                "; the federation's model appears once training has finished" if name.startswith("model/") else ""))
+        return body, art
+
+    def _artifact_info(self, req: Request) -> dict:
+        _, art = self._artifact(req)
+        return {"manifest": art["manifest"], "signature": art["signature"],
+                "chunk_size": self.cfg.limits.chunk_size}
+
+    def _artifact_chunk(self, req: Request) -> dict:
+        body, art = self._artifact(req)
+        offset, length = body.get("offset"), body.get("length")
+        if not (isinstance(offset, int) and isinstance(length, int) and 0 <= offset <= art["size"]
+                and 0 < length <= self.cfg.limits.chunk_size):
+            raise E.MalformedBody(f"artifact_chunk needs 0 <= offset <= {art['size']} and "
+                                  f"0 < length <= {self.cfg.limits.chunk_size}")
+        sha = body.get("sha256")
+        if sha is not None and sha != art["sha256"]:
+            raise E.NotFound(f"{art['name']} was republished since this download began; start it again")
+        with open(self.store.state_dir / art["path"], "rb") as f:
+            f.seek(offset)
+            return {"data": f.read(length)}
+

@@ -97,6 +97,15 @@ CREATE TABLE IF NOT EXISTS uploads (
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS artifacts (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    manifest BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS seen (msg_id BLOB PRIMARY KEY, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS daemon (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -411,6 +420,52 @@ class Store:
     def reset_upload(self, upload_id: str) -> None:
         self.db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
         self.part_path(upload_id).unlink(missing_ok=True)
+
+    # ---- signed artifacts (global models, edge bundles) -----------------------------------------
+
+    def publish_artifact(self, name: str, source: Path, meta: dict, signing_key) -> dict:
+        """Copy ``source`` into artifacts/ (fsynced, atomic), sign its manifest, record it.
+
+        Publishing again under the same name replaces the old version for new downloads.
+        """
+        from protocol.artifacts import manifest_bytes, sign_manifest
+
+        adir = self.state_dir / "artifacts"
+        adir.mkdir(exist_ok=True, mode=0o700)
+        h = hashlib.sha256()
+        tmp = adir / f".{os.getpid()}.tmp"
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                h.update(block)
+                dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+        digest = h.digest()
+        rel = f"artifacts/{digest.hex()}"
+        os.replace(tmp, self.state_dir / rel)
+        fsync_dir(adir)
+        size = (self.state_dir / rel).stat().st_size
+        created = now_ms()
+        manifest = manifest_bytes(name, size, digest, meta, created)
+        signature = sign_manifest(signing_key, manifest)
+        with self.transaction():
+            self.db.execute("INSERT INTO artifacts VALUES (?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                            "path=excluded.path, size=excluded.size, sha256=excluded.sha256, "
+                            "manifest=excluded.manifest, signature=excluded.signature, created_ms=excluded.created_ms",
+                            (name, rel, size, digest, manifest, signature, created))
+            self.audit("server", "artifact-publish", detail=f"name={name} size={size} sha256={digest.hex()[:16]}")
+        return {"name": name, "size": size, "sha256": digest, "path": self.state_dir / rel}
+
+    def artifact(self, name: str) -> dict | None:
+        row = self.db.execute("SELECT name, path, size, sha256, manifest, signature, created_ms FROM artifacts "
+                              "WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("name", "path", "size", "sha256", "manifest", "signature", "created_ms"), row))
+
+    def artifacts(self) -> list[dict]:
+        return [dict(zip(("name", "size", "sha256", "created_ms"), r)) for r in
+                self.db.execute("SELECT name, size, sha256, created_ms FROM artifacts ORDER BY name")]
 
     # ---- replay history ---------------------------------------------------------------------
 

@@ -1,0 +1,55 @@
+"""Signed artifacts: files the server hands to sites (the global model, the edge model bundle).
+
+The server signs a *manifest* with its Ed25519 key (the one pinned in every site's server key
+string): ``SIGNATURE_CONTEXT_ARTIFACT | manifest bytes``, where the manifest is a msgpack map
+``{"name", "size", "sha256", "meta", "created_ms"}``. A site downloads the file in chunks, then
+checks the manifest signature and the file's sha256 before it moves the file into place, so a file
+that did not come from the pinned server is never used.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import errors as E
+
+SIGNATURE_CONTEXT_ARTIFACT = b"osfl-artifact\x00"
+#: artifact names: "model/<federation>" for a global model, "edge-bundle/<version>" for edge models
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise E.MalformedBody("an artifact name looks like 'model/<federation>' or 'edge-bundle/<version>'")
+    return name
+
+
+def manifest_bytes(name: str, size: int, sha256: bytes, meta: dict[str, Any], created_ms: int) -> bytes:
+    check_name(name)
+    return msgpack.packb({"name": name, "size": size, "sha256": sha256, "meta": meta, "created_ms": created_ms},
+                         use_bin_type=True)
+
+
+def sign_manifest(key: Ed25519PrivateKey, manifest: bytes) -> bytes:
+    return key.sign(SIGNATURE_CONTEXT_ARTIFACT + manifest)
+
+
+def verify_manifest(server_sign_public: bytes, manifest: bytes, signature: bytes) -> dict[str, Any]:
+    """Check the server's signature, then decode. Raises BadSignature or MalformedBody."""
+    try:
+        Ed25519PublicKey.from_public_bytes(server_sign_public).verify(signature, SIGNATURE_CONTEXT_ARTIFACT + manifest)
+    except (InvalidSignature, ValueError):
+        raise E.BadSignature("the artifact manifest is not signed by the pinned server key; refusing it") from None
+    try:
+        m = msgpack.unpackb(manifest, raw=False, strict_map_key=True)
+        ok = (isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("size"), int)
+              and isinstance(m.get("sha256"), bytes) and len(m["sha256"]) == 32 and isinstance(m.get("meta"), dict))
+    except Exception:
+        ok = False
+    if not ok:
+        raise E.MalformedBody("the artifact manifest lacks name, size, sha256 or meta")
+    return m

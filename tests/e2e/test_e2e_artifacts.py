@@ -1,0 +1,72 @@
+"""Signed artifacts (global models, edge bundles): chunked, resumable, verified before use."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from edge_client.transport import verify_artifact
+from protocol import errors as E
+from protocol.keys import KeyPair
+
+
+def publish(server, tmp_path, name="model/fed1", size=300_000, meta=None):
+    src = tmp_path / "artifact.bin"
+    src.write_bytes(os.urandom(size))
+    keys = KeyPair.load(server.cfg.keys_dir, "server")
+    store = server.store()
+    try:
+        store.publish_artifact(name, src, meta or {"kind": "onnx"}, keys.signing)
+    finally:
+        store.close()
+    return src.read_bytes()
+
+
+def test_download_is_verified_and_resumable(server, site_factory, tmp_path):
+    data = publish(server, tmp_path, size=2_500_000)
+    site = site_factory("reader")
+    dest = tmp_path / "got" / "model.onnx"
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_midway(done, total):
+        seen.append(done)
+        if done >= 1_000_000:
+            raise Stop
+
+    with pytest.raises(Stop):
+        site.download("model/fed1", dest, on_progress=stop_midway)
+    assert not dest.exists(), "a partial download must never sit at the destination"
+    offsets = []
+    manifest = site.download("model/fed1", dest, on_progress=lambda d, t: offsets.append(d))
+    assert offsets[0] >= 1_000_000, "the download started again from zero"
+    assert dest.read_bytes() == data
+    assert manifest["size"] == len(data) and manifest["meta"] == {"kind": "onnx"}
+    server_sign = site.server_sign
+    assert verify_artifact(dest, server_sign)["name"] == "model/fed1"
+    dest.write_bytes(b"x" + data[1:])
+    with pytest.raises(E.PayloadDigestMismatch):
+        verify_artifact(dest, server_sign)
+
+
+def test_artifact_signed_by_another_key_is_refused(server, site_factory, tmp_path):
+    publish(server, tmp_path)
+    site = site_factory("careful")
+    site.server_sign = KeyPair.generate().public  # as if the site had pinned another server
+    dest = tmp_path / "model.onnx"
+    with pytest.raises(E.BadSignature):
+        site.download("model/fed1", dest)
+    assert not dest.exists()
+
+
+def test_missing_artifact_and_unaccepted_site(server, site_factory, tmp_path):
+    site = site_factory("early")
+    with pytest.raises(E.NotFound):
+        site.download("model/nothing-yet", tmp_path / "m.onnx")
+    publish(server, tmp_path)
+    pending = site_factory("pending", accept=False)
+    pending.enroll()
+    with pytest.raises(E.KeyPending):
+        pending.download("model/fed1", tmp_path / "m2.onnx")
