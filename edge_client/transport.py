@@ -162,40 +162,43 @@ class Client:
         return self.call("enroll", {"site": self.cfg.site_id, "curve": self.keys.curve_public.decode(),
                                     "name": self.cfg.name}, include_public_key=True)
 
-    def upload(self, payload: bytes, federation: str, kind: str,
+    def upload(self, payload: bytes | Path, federation: str, kind: str,
                on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Upload a payload: in one request when it fits, else in acknowledged, resumable chunks."""
+        """Upload a payload (bytes, or a file streamed from disk so a 2 GiB payload needs no 2 GiB of
+        memory): in one request when it fits, else in acknowledged, resumable chunks."""
         chunk = self.cfg.chunk_size
-        if len(payload) <= min(chunk, MAX_BODY_BYTES - 4096):
-            data = self.request("upload", payload, federation=federation).data
+        src = _Source(payload)
+        try:
+            size = src.size
+            if size <= min(chunk, MAX_BODY_BYTES - 4096):
+                data = self.request("upload", src.read(0, size), federation=federation).data
+                if on_progress:
+                    on_progress(size, size)
+                return data
+            begin_body = {"kind": kind, "size": size, "sha256": src.sha256(), "chunk_size": chunk}
+            begin = self.call("upload_begin", begin_body, federation=federation)
+            if begin.get("duplicate"):
+                if on_progress:
+                    on_progress(size, size)
+                return begin
+            uid, offset = begin["upload_id"], int(begin["offset"])
+            if offset:
+                log.info("resuming upload %s at byte %d of %d", uid, offset, size)
+            while offset < size:
+                if on_progress:
+                    on_progress(offset, size)
+                piece = src.read(offset, chunk)
+                try:
+                    offset = int(self.call("upload_chunk", {"upload_id": uid, "offset": offset, "data": piece},
+                                           federation=federation)["offset"])
+                except E.ChunkOutOfOrder:
+                    # the server holds a different amount than we thought: ask it where to continue
+                    offset = int(self.call("upload_begin", begin_body, federation=federation)["offset"])
             if on_progress:
-                on_progress(len(payload), len(payload))
-            return data
-        sha = hashlib.sha256(payload).digest()
-        begin = self.call("upload_begin", {"kind": kind, "size": len(payload), "sha256": sha, "chunk_size": chunk},
-                          federation=federation)
-        if begin.get("duplicate"):
-            if on_progress:
-                on_progress(len(payload), len(payload))
-            return begin
-        uid, offset = begin["upload_id"], int(begin["offset"])
-        if offset:
-            log.info("resuming upload %s at byte %d of %d", uid, offset, len(payload))
-        view = memoryview(payload)
-        while offset < len(payload):
-            if on_progress:
-                on_progress(offset, len(payload))
-            piece = bytes(view[offset:offset + chunk])
-            try:
-                offset = int(self.call("upload_chunk", {"upload_id": uid, "offset": offset, "data": piece},
-                                       federation=federation)["offset"])
-            except E.ChunkOutOfOrder:
-                # the server holds a different amount than we thought: ask it where to continue
-                offset = int(self.call("upload_begin", {"kind": kind, "size": len(payload), "sha256": sha,
-                                                        "chunk_size": chunk}, federation=federation)["offset"])
-        if on_progress:
-            on_progress(len(payload), len(payload))
-        return self.call("upload_commit", {"upload_id": uid}, federation=federation)
+                on_progress(size, size)
+            return self.call("upload_commit", {"upload_id": uid}, federation=federation)
+        finally:
+            src.close()
 
     def download(self, name: str, dest: Path, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Fetch a signed artifact into ``dest``: chunked, resumable, verified before it is moved in place.
@@ -268,4 +271,35 @@ def verify_artifact(path: Path, server_sign_public: bytes) -> dict[str, Any]:
     if h.digest() != manifest["sha256"]:
         raise E.PayloadDigestMismatch(f"{path} no longer matches its signed manifest (changed on disk); fetch it again")
     return manifest
+
+
+class _Source:
+    """Bytes in memory or a file on disk, read by offset."""
+
+    def __init__(self, payload: bytes | Path):
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            self._mem, self._file = memoryview(payload), None
+            self.size = len(self._mem)
+        else:
+            self._mem, self._file = None, open(payload, "rb")
+            self.size = os.fstat(self._file.fileno()).st_size
+
+    def read(self, offset: int, n: int) -> bytes:
+        if self._mem is not None:
+            return bytes(self._mem[offset:offset + n])
+        self._file.seek(offset)
+        return self._file.read(n)
+
+    def sha256(self) -> bytes:
+        if self._mem is not None:
+            return hashlib.sha256(self._mem).digest()
+        h = hashlib.sha256()
+        self._file.seek(0)
+        for block in iter(lambda: self._file.read(1 << 20), b""):
+            h.update(block)
+        return h.digest()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
