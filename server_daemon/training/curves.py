@@ -57,7 +57,9 @@ def _panel(draw: ImageDraw.ImageDraw, x0: int, title: str, series: Mapping[str, 
     draw.text((left, bottom + 4), str(e_lo), fill=(0, 0, 0), font=font)
     draw.text((right - 14, bottom + 4), str(e_hi), fill=(0, 0, 0), font=font)
     draw.text(((left + right) // 2 - 14, bottom + 4), "epoch", fill=(0, 0, 0), font=font)
-    legend_y = top + 4
+    legend_y = bottom - 4 - 14 * len(series) if fixed else top + 4  # accuracy rises: legend low
+    draw.rectangle([right - 68, legend_y - 2, right - 4, legend_y + 14 * len(series)], fill=(255, 255, 255),
+                   outline=(200, 200, 200))
     for name, seq in series.items():
         pts = [xy(e, v) for e, v in zip(epochs, seq) if v is not None]
         if not pts:

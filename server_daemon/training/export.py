@@ -59,9 +59,8 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, image_size: int
     n_labels = getattr(getattr(model, "config", None), "num_labels", None)
     if n_labels is not None and n_labels != len(labels):
         raise ExportError(f"the model has {n_labels} outputs but {len(labels)} label names were given")
-    wrapper = NormalizedClassifier(model).eval().cpu()
     was_training = model.training
-    model.eval()
+    wrapper = NormalizedClassifier(model).eval().cpu()
     example = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     tmp = path.with_name(path.name + ".tmp")
     try:

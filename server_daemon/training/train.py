@@ -25,7 +25,6 @@ scaler) and channels_last; CPU -> fp32.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -360,7 +359,8 @@ def _evaluate(model, data: _Batches, cfg: TrainConfig, dev, use_amp, amp_dtype, 
         return None, None
     model.eval()
     loss_sum, correct = 0.0, 0
-    for x, y in data.iterate(_index_batches(len(data), cfg.batch_size, None) or [list(range(len(data)))]):
+    n = len(data)
+    for x, y in data.iterate([list(range(k, min(k + cfg.batch_size, n))) for k in range(0, n, cfg.batch_size)]):
         x = normalize(center_resize(x.to(dev), cfg.image_size))
         if use_cl:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -369,7 +369,6 @@ def _evaluate(model, data: _Batches, cfg: TrainConfig, dev, use_amp, amp_dtype, 
             logits = model(pixel_values=x).logits.float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
-    n = len(data)
     return loss_sum / n, correct / n
 
 
@@ -391,7 +390,3 @@ def load_trained(out_dir: str | os.PathLike):
     if not (path / "config.json").is_file():
         raise TrainingError(f"{path} holds no trained model; run train_classifier to the end first")
     return ResNetForImageClassification.from_pretrained(path).eval()
-
-
-def copy_model(model: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(model)
