@@ -75,7 +75,7 @@ class WrongServerKey(EdgeError):
     """The server could not prove the pinned public key (CURVE handshake failed)."""
 
     exit_code = X.WRONG_SERVER_KEY
-    default_fix = ("compare `server_key` in the config with the key the operator published; "
+    default_fix = ("compare `[server] key` in edge.toml with the key the operator published; "
                    "a changed key may mean someone else answers at that address")
 
 
@@ -115,7 +115,7 @@ def from_protocol_error(exc: PE.ProtocolError) -> EdgeError:
         return WrongServerKey(message, code=code)
     if isinstance(exc, PE.BadServerKey):
         return ConfigError(message, code=code,
-                           fix="set `server_key` to the exact server key string the operator published")
+                           fix="set `[server] key` in edge.toml to the exact server key string the operator published")
     if isinstance(exc, PE.AdmissionError):
         return AdmissionRefused(message, code=code)
     if code in _FEDERATION_CODES:

@@ -31,7 +31,7 @@ EXIT_CODES: dict[int, str] = {
                          "the class folders named in the message, or ask the operator which classes it has",
     SERVER_UNREACHABLE: "server unreachable: no answer before the timeout; check the server address, "
                         "the network path and firewall, and that the server is running, then retry",
-    WRONG_SERVER_KEY: "wrong server key: the server did not prove the pinned key; check `server_key` in the "
+    WRONG_SERVER_KEY: "wrong server key: the server did not prove the pinned key; check `[server] key` in the "
                       "config against the key the operator published (do not just replace it)",
     ADMISSION_REFUSED: "admission refused: this site's key is unknown, pending, rejected or revoked; run "
                        "`osfl-edge enroll` and ask the operator to accept the fingerprint",

@@ -111,15 +111,6 @@ class Server:
             s.close()
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path / "server")
-    srv.start()
-    yield srv
-    if srv.proc is not None:
-        srv.stop(signal.SIGKILL)
-
-
 def make_site(server: Server, root: Path, site_id: str, *, accept: bool = True, timeout: float = 5.0,
               server_key: str | None = None) -> Client:
     cfg = init_home(root / site_id, server.endpoint, server_key or server.key, site_id)
@@ -128,17 +119,3 @@ def make_site(server: Server, root: Path, site_id: str, *, accept: bool = True, 
         client.enroll()
         server.osfl("clients", "accept", client.keys.fingerprint)
     return client
-
-
-@pytest.fixture
-def site_factory(server, tmp_path):
-    made: list[Client] = []
-
-    def make(site_id: str, **kw) -> Client:
-        c = make_site(server, tmp_path / "sites", site_id, **kw)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()

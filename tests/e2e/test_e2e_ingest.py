@@ -17,7 +17,7 @@ from protocol.envelope import decode_reply, encode_request, now_ms, pack
 from protocol.keys import KeyPair, decode_server_key, encode_server_key
 from protocol.payloads import encode_payload
 
-from conftest import make_site
+from e2e_support import make_site
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -232,7 +232,7 @@ def test_wrong_server_key_fails_fast_at_the_site(server, tmp_path):
 
 
 def test_server_down_is_reported_as_unreachable(tmp_path):
-    from conftest import Server
+    from e2e_support import Server
 
     srv = Server(tmp_path / "down")  # initialised, never started
     site = make_site(srv, tmp_path, "early", accept=False, timeout=0.3)
