@@ -21,6 +21,9 @@ METHODS = {k.replace("_", "-"): k for k in PAYLOAD_KINDS}
 MAX_LABEL_CHARS = 128
 MAX_DOMAIN_CHARS = 256
 MAX_CLASSES = 100_000
+#: ``captions`` payloads: characters per caption, captions per payload (one per image)
+MAX_CAPTION_CHARS = 512
+MAX_CAPTIONS = 1_000_000
 
 
 def method_to_kind(method: str) -> str:
@@ -74,3 +77,36 @@ def validate_payload(p: Any) -> None:
         domain = data.get("domain")
         _require(domain is None or (isinstance(domain, str) and len(domain) <= MAX_DOMAIN_CHARS),
                  f"class_prompts 'domain' must be nil or a string of at most {MAX_DOMAIN_CHARS} characters")
+    elif kind == "captions":
+        _validate_captions(data, counts)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _validate_captions(data: dict, counts: list[int]) -> None:
+    """One caption per image: ``{"captions": [{"label_index", "caption"}], "scrubbed": int}``.
+
+    Errors name the caption's position, never its text (a caption may hold what a scrubber missed).
+    """
+    captions = data.get("captions")
+    _require(isinstance(captions, list), "captions 'captions' must be a list of {label_index, caption} maps")
+    _require(len(captions) <= MAX_CAPTIONS, f"a captions payload holds at most {MAX_CAPTIONS} captions; "
+                                            f"got {len(captions)}")
+    n_labels = len(counts)
+    per_label = [0] * n_labels
+    for i, item in enumerate(captions):
+        _require(isinstance(item, dict) and set(item) == {"label_index", "caption"},
+                 f"caption {i} must be a map with exactly 'label_index' and 'caption'")
+        li, text = item["label_index"], item["caption"]
+        _require(_is_int(li) and 0 <= li < n_labels,
+                 f"caption {i}: label_index must be an integer 0..{n_labels - 1}")
+        _require(isinstance(text, str) and len(text) <= MAX_CAPTION_CHARS,
+                 f"caption {i}: the caption must be a string of at most {MAX_CAPTION_CHARS} characters")
+        _require(text.isprintable(), f"caption {i}: the caption holds control characters")
+        per_label[li] += 1
+    _require(per_label == counts, "captions: 'counts' must equal the number of captions of each label "
+                                  "(one caption per image)")
+    scrubbed = data.get("scrubbed", 0)
+    _require(_is_int(scrubbed) and scrubbed >= 0, "captions 'scrubbed' must be a non-negative integer")
