@@ -100,6 +100,13 @@ class PayloadFileError(EdgeError):
     default_fix = "build the payload again"
 
 
+class BundleError(EdgeError):
+    """The edge model bundle is missing, unverified, corrupt, or lacks the model a method needs."""
+
+    exit_code = X.MODELS
+    default_fix = "run `osfl-edge models pull` to fetch the server's signed model bundle again"
+
+
 #: protocol codes that mean "this site's data does not fit the federation"
 _FEDERATION_CODES = {
     PE.UnknownFederation.code, PE.ClassNotInFederation.code, PE.MethodNotAllowed.code,

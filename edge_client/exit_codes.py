@@ -18,6 +18,7 @@ WRONG_SERVER_KEY = 7
 ADMISSION_REFUSED = 8
 SERVER_REJECTED = 9
 PAYLOAD_FILE = 10
+MODELS = 11
 
 #: every exit code of ``osfl-edge`` and what it means for the person running it
 EXIT_CODES: dict[int, str] = {
@@ -38,6 +39,8 @@ EXIT_CODES: dict[int, str] = {
     SERVER_REJECTED: "server rejected the request: the reply names the reason code; fix what it says "
                      "(or retry later if the server is draining or failed)",
     PAYLOAD_FILE: "payload file error: the payload file is missing, unreadable or corrupt; build it again",
+    MODELS: "edge models error: the model bundle is missing, not signed by the pinned server key, or changed "
+            "on disk; run `osfl-edge models pull`",
 }
 
 

@@ -38,11 +38,12 @@ def test_families_have_distinct_exit_codes_and_members_share_them() -> None:
 
 def test_table_numbers() -> None:
     assert X.EXIT_CODES[0] == "success"
-    assert set(X.EXIT_CODES) == set(range(11))
+    assert set(X.EXIT_CODES) == set(range(12))
     assert all(text.strip() for text in X.EXIT_CODES.values())
     expected = {EE.ConfigError: 3, EE.DatasetError: 4, EE.EmptyDataset: 4, EE.UnreadableImage: 4,
                 EE.FederationMismatch: 5, EE.ServerUnreachableError: 6, EE.WrongServerKey: 7,
-                EE.AdmissionRefused: 8, EE.ServerRejected: 9, EE.PayloadFileError: 10}
+                EE.AdmissionRefused: 8, EE.ServerRejected: 9, EE.PayloadFileError: 10,
+                EE.BundleError: 11}
     assert {cls: cls.exit_code for cls in expected} == expected
     assert X.USAGE == 2 and X.UNEXPECTED == 1
 
