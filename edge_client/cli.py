@@ -205,6 +205,60 @@ def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | N
                f"stored durably{note}")
 
 
+@cli.command("fetch-model")
+@click.option("--federation", required=True, help="federation id")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="where to write the model (default: HOME/models/FEDERATION.onnx)")
+@click.pass_obj
+def fetch_model(obj: Ctx, federation: str, out: str | None) -> None:
+    """Download the federation's global model: chunked, resumable, signature and digest checked first."""
+    from tqdm import tqdm
+
+    cfg = obj.config()
+    dest = Path(out) if out else cfg.home / "models" / f"{federation}.onnx"
+    with obj.client() as c:
+        bar = tqdm(unit="B", unit_scale=True, desc="fetch", disable=not sys.stderr.isatty(), leave=False)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            manifest = c.download(f"model/{federation}", dest, on_progress=progress)
+        finally:
+            bar.close()
+    meta = manifest["meta"]
+    acc = meta.get("val_acc")
+    click.echo(f"model of {federation}: {dest} ({manifest['size']} bytes, sha256 {manifest['sha256'].hex()[:16]}..., "
+               f"signed by the server)")
+    click.echo(f"{len(meta.get('labels', []))} classes, {meta.get('arch')}, {meta.get('image_size')} px"
+               + (f", held-out synthetic accuracy {acc:.3f}" if isinstance(acc, float) else ""))
+    click.echo(f"Evaluate it on your images: `osfl-edge evaluate --model {dest} --data DIR`")
+
+
+@cli.command()
+@click.option("--model", "model", required=True, type=click.Path(dir_okay=False), help="ONNX model file")
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="ImageFolder: one sub-folder per class")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--threads", default=0, help="onnxruntime threads (0: all cores)")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-verify", is_flag=True, help="skip the signature check (for models not fetched with fetch-model)")
+@click.pass_obj
+def evaluate(obj: Ctx, model: str, data_dir: str, batch_size: int, threads: int, as_json: bool,
+             no_verify: bool) -> None:
+    """Accuracy, per-class accuracy and confusion matrix of a model on this site's images."""
+    from .dataset import load_image_folder
+    from .evaluate import evaluate as run_eval
+    from .transport import verify_artifact
+
+    if not no_verify:
+        # the model is checked against the server's signature before every use
+        verify_artifact(Path(model), obj.config().server_keys()[1])
+    dataset = load_image_folder(data_dir, check_images=True, progress=sys.stderr.isatty())
+    result = run_eval(Path(model), dataset, batch_size=batch_size, threads=threads, progress=sys.stderr.isatty())
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.render())
+
+
 @cli.command("exit-codes")
 def exit_codes() -> None:
     """List osfl-edge's exit codes and what each means."""

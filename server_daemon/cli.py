@@ -292,6 +292,63 @@ def federation_show(obj: Ctx, fed_id: str, as_json: bool) -> None:
                    f"{_fmt_ms(p.received_ms)}")
 
 
+# ---- jobs -------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("fed_id")
+@click.pass_obj
+def synthesize(obj: Ctx, fed_id: str) -> None:
+    """Start synthesis (then training) for FED_ID now, without waiting for its quorum or deadline."""
+    from .jobs import queue_synthesis
+
+    job_id = queue_synthesis(obj.store(), fed_id)
+    click.echo(f"job {job_id}: synthesis of {fed_id} queued; the running daemon starts it within a second "
+               f"(`osfl-server status` shows progress)")
+
+
+@cli.command()
+@click.argument("fed_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def jobs(obj: Ctx, fed_id: str | None, as_json: bool) -> None:
+    """List synthesis and training jobs with their progress."""
+    from .jobs import job_summary
+
+    rows = obj.store().jobs(fed_id)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no jobs yet")
+    for j in rows:
+        took = f"{(j['finished_ms'] - j['started_ms']) / 1000:.1f} s" if j["finished_ms"] and j["started_ms"] else ""
+        click.echo(f"#{j['id']:<4} {j['federation']:16} {job_summary(j)}  attempts {j['attempts']}  {took}")
+
+
+@cli.command()
+@click.argument("fed_id")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write (default: STATE_DIR/reports/FED_ID/index.html)")
+@click.pass_obj
+def report(obj: Ctx, fed_id: str, out: str | None) -> None:
+    """Write one HTML page with the federation's figures, sample grids and training curves."""
+    from .report import write_report
+
+    path = write_report(obj.cfg, obj.store(), fed_id, Path(out) if out else None)
+    click.echo(f"report: {path}")
+
+
+@cli.command("tiny-models")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+def tiny_models(directory: str, seed: int) -> None:
+    """Write a tiny seeded Stable Diffusion pipeline to DIRECTORY (for trials and tests, not quality)."""
+    from .tinymodels import main_write_tiny
+
+    out = main_write_tiny(directory, seed=seed)
+    click.echo(f"tiny pipeline written to {out['pipeline']}; set [synthesis] model_dir to it")
+
+
 # ---- status -----------------------------------------------------------------------------------
 
 @cli.command()
@@ -307,7 +364,13 @@ def status(obj: Ctx, as_json: bool) -> None:
     by_state: dict[str, int] = {}
     for c in store.clients():
         by_state[c.state] = by_state.get(c.state, 0) + 1
-    feds = [f.public() | {"received": store.count_sites(f.id)} for f in store.federations()]
+    from .jobs import job_summary
+
+    feds = []
+    for f in store.federations():
+        job = store.latest_job(f.id)
+        feds.append(f.public() | {"received": store.count_sites(f.id), "job": job_summary(job) if job else "",
+                                  "model": bool(store.artifact(f"model/{f.id}"))})
     if as_json:
         click.echo(json.dumps({"daemon": (d or {}) | {"alive": alive}, "sites": by_state,
                                "federations": feds, "payloads": len(store.payloads())}, indent=2))
@@ -322,7 +385,8 @@ def status(obj: Ctx, as_json: bool) -> None:
                    f"rejected {sum(c.get('rejected', {}).values())} {c.get('rejected') or ''}")
     click.echo("sites        " + (", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none"))
     for f in feds:
-        click.echo(f"federation   {f['id']}: {f['state']}, {f['received']}/{f['quorum']} sites uploaded")
+        click.echo(f"federation   {f['id']}: {f['state']}, {f['received']}/{f['quorum']} sites uploaded"
+                   + (f"; {f['job']}" if f["job"] else "") + ("; model published" if f["model"] else ""))
 
 
 def main() -> None:

@@ -53,6 +53,40 @@ class SynthesisSection:
     #: a local diffusers directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)
     model_dir: str = ""
     device: str = "auto"
+    #: "" keeps the model's own scheduler (FGL); else dpm, ddim, pndm, ddpm, euler, euler_a, unipc
+    scheduler: str = ""
+    steps: int = 50
+    guidance: float = 2.0
+    negative_prompt: str = "low quality, low resolution"
+    #: 0: the model's native size
+    size: int = 0
+    batch_size: int = 8
+    shard_size: int = 256
+    #: resize images to this before writing them (0 keeps the generated size)
+    save_size: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    #: resnet18 (FGL's classifier) or tiny (tests, demo)
+    arch: str = "resnet18"
+    image_size: int = 224
+    epochs: int = 120
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class JobsSection:
+    #: start synthesis by itself when a federation reaches its quorum or deadline
+    auto_start: bool = True
+    #: a failed job is tried again (resuming) up to this many times in all
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -62,6 +96,8 @@ class ServerConfig:
     limits: LimitsSection = field(default_factory=LimitsSection)
     ingest: IngestSection = field(default_factory=IngestSection)
     synthesis: SynthesisSection = field(default_factory=SynthesisSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    jobs: JobsSection = field(default_factory=JobsSection)
 
     @property
     def state_dir(self) -> Path:
@@ -82,7 +118,7 @@ class ServerConfig:
 
 
 _SECTIONS = {"server": ServerSection, "limits": LimitsSection, "ingest": IngestSection,
-             "synthesis": SynthesisSection}
+             "synthesis": SynthesisSection, "training": TrainingSection, "jobs": JobsSection}
 
 
 def resolve_config_path(path: str | os.PathLike | None) -> Path:
@@ -146,11 +182,26 @@ def validate(cfg: ServerConfig) -> None:
         raise ConfigError(f"{cfg.path}: [limits] replay_window_s must be at least 10; got {lim.replay_window_s}")
     if not (1 <= ing.batch_max <= 10_000):
         raise ConfigError(f"{cfg.path}: [ingest] batch_max must be 1..10000; got {ing.batch_max}")
+    syn, tr = cfg.synthesis, cfg.training
+    for name, value, lo in (("steps", syn.steps, 1), ("batch_size", syn.batch_size, 1),
+                            ("shard_size", syn.shard_size, 1), ("size", syn.size, 0), ("save_size", syn.save_size, 0)):
+        if value < lo:
+            raise ConfigError(f"{cfg.path}: [synthesis] {name} must be at least {lo}; got {value}")
+    if syn.size % 8:
+        raise ConfigError(f"{cfg.path}: [synthesis] size must be a multiple of 8 (0 = native); got {syn.size}")
+    if tr.arch not in ("resnet18", "tiny"):
+        raise ConfigError(f"{cfg.path}: [training] arch must be resnet18 or tiny; got {tr.arch!r}")
+    if tr.epochs < 1 or tr.batch_size < 1 or tr.image_size < 8 or not (0 < tr.val_fraction < 1):
+        raise ConfigError(f"{cfg.path}: [training] needs epochs >= 1, batch_size >= 1, image_size >= 8 and "
+                          f"0 < val_fraction < 1")
+    if cfg.jobs.max_attempts < 1:
+        raise ConfigError(f"{cfg.path}: [jobs] max_attempts must be at least 1")
 
 
 def render_config(bind: str, state_dir: str) -> str:
     """The config `osfl-server init` writes: every key, with its default and what it does."""
-    d_l, d_i = LimitsSection(), IngestSection()
+    d_l, d_i, d_s = LimitsSection(), IngestSection(), SynthesisSection()
+    d_t, d_j = TrainingSection(), JobsSection()
     return f'''# osfl server configuration. Every key is optional except where noted; values shown are defaults.
 
 [server]
@@ -185,8 +236,47 @@ drain_s = {d_i.drain_s:g}
 heartbeat_s = {d_i.heartbeat_s:g}
 
 [synthesis]
-# Local diffusers directory of the generator (e.g. Stable Diffusion 2.1-base). Never downloaded.
-model_dir = ""
-# auto (CUDA if present, else CPU), cuda, cuda:N or cpu
-device = "auto"
+# Local diffusers directory of the generator (e.g. Stable Diffusion 2.1-base): model_index.json,
+# unet/, vae/, text_encoder/, tokenizer/, scheduler/. Never downloaded. Required for synthesis;
+# `osfl-server tiny-models DIR` writes a tiny one for trials.
+model_dir = "{d_s.model_dir}"
+# auto (CUDA with fp16 if present, else CPU with fp32), cuda, cuda:N or cpu
+device = "{d_s.device}"
+# "" keeps the model's own scheduler; or dpm, ddim, pndm, ddpm, euler, euler_a, unipc
+scheduler = "{d_s.scheduler}"
+# Denoising steps and classifier-free guidance scale (FGL: 50 and 2).
+steps = {d_s.steps}
+guidance = {d_s.guidance:g}
+negative_prompt = "{d_s.negative_prompt}"
+# Image size in pixels (0: the model's native size, 512 for SD 2.1-base).
+size = {d_s.size}
+# Images generated per batch, and per shard (a killed job resumes at the first unfinished shard).
+batch_size = {d_s.batch_size}
+shard_size = {d_s.shard_size}
+# Resize images to this many pixels before they are written (0 keeps the generated size).
+save_size = {d_s.save_size}
+
+[training]
+# The global classifier: resnet18 (FGL's) or tiny (trials). Trained from scratch on the synthetic set;
+# the model is selected on a held-out synthetic split, never on a test set.
+arch = "{d_t.arch}"
+image_size = {d_t.image_size}
+epochs = {d_t.epochs}
+batch_size = {d_t.batch_size}
+# SGD (FGL's settings)
+lr = {d_t.lr:g}
+momentum = {d_t.momentum:g}
+weight_decay = {d_t.weight_decay:g}
+# Share of the synthetic images held out for model selection.
+val_fraction = {d_t.val_fraction:g}
+seed = {d_t.seed}
+# auto (CUDA with AMP and channels_last if present, else CPU), cuda, cuda:N or cpu
+device = "{d_t.device}"
+
+[jobs]
+# Start synthesis (then training) by itself once a federation reaches its quorum or deadline;
+# false: only `osfl-server synthesize FED` starts it.
+auto_start = {"true" if d_j.auto_start else "false"}
+# A failed job is run again (resuming where it stopped) up to this many times in all.
+max_attempts = {d_j.max_attempts}
 '''

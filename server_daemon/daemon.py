@@ -34,6 +34,7 @@ from protocol.payloads import PAYLOAD_KINDS, decode_payload
 
 from . import systemd
 from .config import ServerConfig
+from .jobs import Supervisor, job_summary
 from .store import Client, Store
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class Daemon:
         for msg_id, created in self.store.recent_msg_ids(since):
             self.guard.add(msg_id, created)
         self._refresh_clients()
+        self.supervisor = Supervisor(self.cfg, self.store)
+        self.supervisor.recover()
         self.ctx = zmq.Context()
         s = self.ctx.socket(zmq.ROUTER)
         s.curve_server = True
@@ -146,12 +149,19 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         watchdog = systemd.watchdog_interval_s()
-        last_watchdog = time.monotonic()
+        last_watchdog = last_tick = time.monotonic()
         batch_max = self.cfg.ingest.batch_max
         while not self.stopping:
             if poller.poll(200):
                 self._turn(batch_max)
             t = time.monotonic()
+            if t - last_tick >= 1.0:
+                last_tick = t
+                try:
+                    if self.supervisor.tick():
+                        self._data_version = -1  # our own writes: reload federations next batch
+                except Exception:  # a job problem must never stop ingest
+                    log.exception("job supervisor failed; ingest goes on")
             if watchdog and t - last_watchdog >= watchdog:
                 systemd.notify("WATCHDOG=1")
                 last_watchdog = t
@@ -182,6 +192,7 @@ class Daemon:
         systemd.notify("STOPPING=1", "STATUS=draining")
         if self.sock is not None:
             self.drain()
+            self.supervisor.stop()
             self.sock.close(linger=2000)
             self.ctx.term()
         if self.store is not None:
@@ -325,8 +336,11 @@ class Daemon:
         feds = {}
         if c.state == "accepted":
             for f in self.store.federations():
+                job = self.store.latest_job(f.id)
                 feds[f.id] = {"state": f.state, "received": self.store.count_sites(f.id), "quorum": f.quorum,
-                              "classes": len(f.classes), "methods": list(f.methods)}
+                              "classes": len(f.classes), "methods": list(f.methods),
+                              "job": job_summary(job) if job else "",
+                              "model": bool(self.store.artifact(f"model/{f.id}"))}
         return {"site": c.site, "state": c.state, "fingerprint": c.fingerprint, "uploads": uploads,
                 "federations": feds}
 

@@ -106,6 +106,22 @@ CREATE TABLE IF NOT EXISTS artifacts (
     signature BLOB NOT NULL,
     created_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    federation TEXT NOT NULL REFERENCES federations(id),
+    kind TEXT NOT NULL CHECK (kind IN ('synthesis','training')),
+    state TEXT NOT NULL CHECK (state IN ('queued','running','done','failed','cancelled')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    detail TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    result TEXT NOT NULL DEFAULT '{}'
+);
 CREATE TABLE IF NOT EXISTS seen (msg_id BLOB PRIMARY KEY, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS daemon (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -190,14 +206,16 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=30000")
             if create:
-                self.db.executescript(SCHEMA)
+                self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"store {self.db_path} has schema {row and row[0]}, this osfl needs "
+                                 f"{SCHEMA_VERSION}")
+            # additive changes (new tables) apply to stores made by an earlier release of this schema
+            self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the store {self.db_path}: {exc}") from None
-        if row is None or int(row[0]) != SCHEMA_VERSION:
-            raise StoreError(f"store {self.db_path} has schema {row and row[0]}, this osfl needs "
-                             f"{SCHEMA_VERSION}")
+            raise StoreError(f"cannot open the store {self.db_path}: {exc}; is it an osfl store?") from None
 
     def close(self) -> None:
         self.db.close()
@@ -420,6 +438,51 @@ class Store:
     def reset_upload(self, upload_id: str) -> None:
         self.db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
         self.part_path(upload_id).unlink(missing_ok=True)
+
+    # ---- jobs (synthesis, training) ------------------------------------------------------------
+
+    JOB_COLUMNS = ("id", "federation", "kind", "state", "attempts", "pid", "done", "total", "detail", "error",
+                   "created_ms", "started_ms", "finished_ms", "result")
+
+    def _job(self, row) -> dict | None:
+        if row is None:
+            return None
+        job = dict(zip(self.JOB_COLUMNS, row))
+        job["result"] = json.loads(job["result"])
+        return job
+
+    def create_job(self, federation: str, kind: str, actor: str = "daemon") -> int:
+        cur = self.db.execute("INSERT INTO jobs (federation, kind, state, created_ms) VALUES (?,?,?,?)",
+                              (federation, kind, "queued", now_ms()))
+        self.audit(actor, "job-queued", detail=f"federation={federation} kind={kind} job={cur.lastrowid}")
+        return cur.lastrowid
+
+    def job(self, job_id: int) -> dict | None:
+        return self._job(self.db.execute(f"SELECT {','.join(self.JOB_COLUMNS)} FROM jobs WHERE id=?",
+                                         (job_id,)).fetchone())
+
+    def jobs(self, federation: str | None = None, states: tuple[str, ...] | None = None) -> list[dict]:
+        q, args = f"SELECT {','.join(self.JOB_COLUMNS)} FROM jobs WHERE 1=1", []
+        if federation:
+            q += " AND federation=?"
+            args.append(federation)
+        if states:
+            q += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        return [self._job(r) for r in self.db.execute(q + " ORDER BY id", args)]
+
+    def latest_job(self, federation: str) -> dict | None:
+        return self._job(self.db.execute(f"SELECT {','.join(self.JOB_COLUMNS)} FROM jobs WHERE federation=? "
+                                         f"ORDER BY id DESC LIMIT 1", (federation,)).fetchone())
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        if "result" in fields:
+            fields["result"] = json.dumps(fields["result"])
+        bad = set(fields) - set(self.JOB_COLUMNS)
+        if bad:
+            raise StoreError(f"unknown job field(s) {bad}")
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job_id))
 
     # ---- signed artifacts (global models, edge bundles) -----------------------------------------
 

@@ -28,7 +28,9 @@ TINY_WORDS = (
     "a", "an", "of", "the", "photo", "image", "images", "real", "world", "high", "low", "quality",
     "resolution", "drawing", "black", "and", "white", "colorful", "painting", "style", "cat", "dog",
     "car", "tree", "shirt", "shoe", "bag", "zero", "one", "two", "three", "four", "five", "six",
-    "seven", "eight", "nine", "class", "sketch", "x",
+    "seven", "eight", "nine", "class", "sketch", "x", "in", "on", "with", "only", "object", "picture",
+    "single", "cartoon", "clipart", "infograph", "text", "trouser", "pullover", "dress", "coat", "sandal",
+    "sneaker", "ankle", "boot", "digit", "handwritten",
 )
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
