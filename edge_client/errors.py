@@ -107,6 +107,13 @@ class BundleError(EdgeError):
     default_fix = "run `osfl-edge models pull` to fetch the server's signed model bundle again"
 
 
+class IntegrityError(EdgeError):
+    """A signature or digest check failed: the file is not what the pinned server signed."""
+
+    exit_code = X.INTEGRITY
+    default_fix = "fetch it again; if it keeps failing, tell the operator (someone may be tampering with it)"
+
+
 #: protocol codes that mean "this site's data does not fit the federation"
 _FEDERATION_CODES = {
     PE.UnknownFederation.code, PE.ClassNotInFederation.code, PE.MethodNotAllowed.code,
@@ -123,6 +130,8 @@ def from_protocol_error(exc: PE.ProtocolError) -> EdgeError:
     if isinstance(exc, PE.BadServerKey):
         return ConfigError(message, code=code,
                            fix="set `[server] key` in edge.toml to the exact server key string the operator published")
+    if isinstance(exc, (PE.BadSignature, PE.PayloadDigestMismatch)):
+        return IntegrityError(message, code=code)
     if isinstance(exc, PE.AdmissionError):
         return AdmissionRefused(message, code=code)
     if code in _FEDERATION_CODES:

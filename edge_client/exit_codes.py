@@ -19,6 +19,7 @@ ADMISSION_REFUSED = 8
 SERVER_REJECTED = 9
 PAYLOAD_FILE = 10
 MODELS = 11
+INTEGRITY = 12
 
 #: every exit code of ``osfl-edge`` and what it means for the person running it
 EXIT_CODES: dict[int, str] = {
@@ -41,6 +42,9 @@ EXIT_CODES: dict[int, str] = {
     PAYLOAD_FILE: "payload file error: the payload file is missing, unreadable or corrupt; build it again",
     MODELS: "edge models error: the model bundle is missing, not signed by the pinned server key, or changed "
             "on disk; run `osfl-edge models pull`",
+    INTEGRITY: "integrity check failed: a signature or sha256 did not match (a downloaded model or bundle changed "
+               "on disk or in transit, or was not signed by the pinned server key); fetch it again and tell the "
+               "operator if it persists",
 }
 
 

@@ -232,8 +232,9 @@ def run_synthesis_job(cfg: ServerConfig, store: Store, job: dict) -> dict:
     rdir = report_dir(cfg, fed.id)
     rdir.mkdir(parents=True, exist_ok=True)
     write_sample_grid(out, rdir / "samples.png", labels=list(fed.classes))
-    return {"images": len(plan.images), "out_dir": str(out), "sites": sorted(payloads),
-            "seconds": getattr(result, "seconds", None)}
+    return {"images": len(plan.images), "generated": result.generated, "shards": result.shards,
+            "shards_skipped": result.shards_skipped, "sites": sorted(payloads),
+            "images_per_s": round(result.images_per_s, 2)}
 
 
 def run_training_job(cfg: ServerConfig, store: Store, job: dict) -> dict:

@@ -38,11 +38,11 @@ def test_families_have_distinct_exit_codes_and_members_share_them() -> None:
 
 def test_table_numbers() -> None:
     assert X.EXIT_CODES[0] == "success"
-    assert set(X.EXIT_CODES) == set(range(12))
+    assert set(X.EXIT_CODES) == set(range(13))
     assert all(text.strip() for text in X.EXIT_CODES.values())
     expected = {EE.ConfigError: 3, EE.DatasetError: 4, EE.EmptyDataset: 4, EE.UnreadableImage: 4,
                 EE.FederationMismatch: 5, EE.ServerUnreachableError: 6, EE.WrongServerKey: 7,
-                EE.AdmissionRefused: 8, EE.ServerRejected: 9, EE.PayloadFileError: 10,
+                EE.AdmissionRefused: 8, EE.ServerRejected: 9, EE.PayloadFileError: 10, EE.IntegrityError: 12,
                 EE.BundleError: 11}
     assert {cls: cls.exit_code for cls in expected} == expected
     assert X.USAGE == 2 and X.UNEXPECTED == 1
@@ -72,7 +72,8 @@ def test_message_carries_fix() -> None:
     (PE.MethodNotAllowed(), EE.FederationMismatch),
     (PE.InvalidPayload(), EE.ServerRejected),
     (PE.ServerDraining(), EE.ServerRejected),
-    (PE.BadSignature(), EE.ServerRejected),
+    (PE.BadSignature(), EE.IntegrityError),
+    (PE.PayloadDigestMismatch(), EE.IntegrityError),
 ])
 def test_from_protocol_error(exc: PE.ProtocolError, cls: type) -> None:
     err = EE.from_protocol_error(exc)
