@@ -186,11 +186,16 @@ def _as_engine(pipeline):
     return SynthesisEngine(pipeline)
 
 
-def _write_png(path: Path, data: bytes) -> None:
+def _encode_and_write(path: Path, image: np.ndarray, save_size: int | None) -> tuple[str, int, int]:
+    """Encode, write and fsync one PNG; return (sha256, width, height). Runs in a writer thread
+    (zlib and file I/O release the GIL, so the next batch generates meanwhile)."""
+    data = encode_png(image, save_size)
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    h, w = (save_size, save_size) if save_size else image.shape[:2]
+    return hashlib.sha256(data).hexdigest(), int(w), int(h)
 
 
 def run_synthesis(
@@ -262,22 +267,21 @@ def _run_shard(plan, engine, out: Path, shard: int, items, pool: ThreadPoolExecu
             shutil.rmtree(stale)
     partial.mkdir(parents=True)
     params = plan.params
-    records: list[dict[str, Any]] = []
-    futures: list[Future] = []
+    futures: list[tuple[int, ImageSpec, Future]] = []
     for start in range(0, len(items), params.batch_size):
         batch = items[start:start + params.batch_size]
         images = engine.generate_specs([spec for _, spec in batch], params)
         for (pos, spec), image in zip(batch, images):
-            data = encode_png(np.asarray(image), params.save_size)
-            h, w = (params.save_size, params.save_size) if params.save_size else image.shape[:2]
-            records.append(manifest_record(pos, spec, shard, hashlib.sha256(data).hexdigest(), int(w), int(h)))
-            futures.append(pool.submit(_write_png, partial / image_file(pos), data))
+            futures.append((pos, spec, pool.submit(_encode_and_write, partial / image_file(pos),
+                                                   np.asarray(image), params.save_size)))
         done += len(batch)
         bar.update(len(batch))
         if on_progress:
             on_progress(done, total)
-    for fut in futures:
-        fut.result()  # re-raise a failed write here, before the shard is declared done
+    records = []
+    for pos, spec, fut in futures:  # .result() re-raises a failed write before the shard counts as done
+        sha, w, h = fut.result()
+        records.append(manifest_record(pos, spec, shard, sha, w, h))
     manifest = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     atomic_write(partial / MANIFEST, manifest.encode("utf-8"))
     os.replace(partial, final)
