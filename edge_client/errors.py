@@ -101,7 +101,8 @@ class PayloadFileError(EdgeError):
 
 
 class BundleError(EdgeError):
-    """The edge model bundle is missing, unverified, corrupt, or lacks the model a method needs."""
+    """No edge model bundle is installed, or it lacks the model a method needs (a failed signature
+    or digest check of a bundle is an ``IntegrityError``)."""
 
     exit_code = X.MODELS
     default_fix = "run `osfl-edge models pull` to fetch the server's signed model bundle again"

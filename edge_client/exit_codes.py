@@ -40,8 +40,8 @@ EXIT_CODES: dict[int, str] = {
     SERVER_REJECTED: "server rejected the request: the reply names the reason code; fix what it says "
                      "(or retry later if the server is draining or failed)",
     PAYLOAD_FILE: "payload file error: the payload file is missing, unreadable or corrupt; build it again",
-    MODELS: "edge models error: the model bundle is missing, not signed by the pinned server key, or changed "
-            "on disk; run `osfl-edge models pull`",
+    MODELS: "edge models error: no edge model bundle is installed, or it lacks the model this method needs; "
+            "run `osfl-edge models pull` (or ask the operator to export the model)",
     INTEGRITY: "integrity check failed: a signature or sha256 did not match (a downloaded model or bundle changed "
                "on disk or in transit, or was not signed by the pinned server key); fetch it again and tell the "
                "operator if it persists",
