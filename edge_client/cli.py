@@ -1,6 +1,7 @@
 """`osfl-edge`: what a site runs. Reads top to bottom as small steps, each failure its own exit code.
 
-Commands: init, enroll, status, prepare, inspect, upload. Exit codes: edge_client/exit_codes.py
+Commands: init, enroll, status, prepare, inspect, upload, models pull/list, fetch-model, evaluate.
+Exit codes: edge_client/exit_codes.py
 (`osfl-edge exit-codes` prints them). Nothing here imports torch, diffusers or transformers.
 """
 from __future__ import annotations
@@ -103,16 +104,61 @@ def status(obj: Ctx, as_json: bool) -> None:
                    f"{f['classes']} classes, methods {', '.join(f['methods'])}{job}")
 
 
-def _build_payload(obj: Ctx, data_dir: str, federation: str, method: str, domain: str | None,
-                   offline: bool) -> dict:
+class CaptionOptions:
+    """How `--method captions` captions: the bundle's captioner settings and the scrubber's word list."""
+
+    def __init__(self, threads: int | None = None, batch_size: int = 8, precision: str = "auto",
+                 scrub_words: str | None = None, max_new_tokens: int | None = None):
+        self.threads, self.batch_size, self.precision = threads or None, batch_size, precision
+        self.scrub_words, self.max_new_tokens = scrub_words, max_new_tokens
+
+
+def _load_dataset(data_dir: str, dicom: bool, labels_csv: str | None):
+    if dicom or labels_csv:
+        from .dicom import load_dicom_folder
+
+        return load_dicom_folder(data_dir, labels_csv=labels_csv, check=True, progress=sys.stderr.isatty())
     from .dataset import load_image_folder
+
+    return load_image_folder(data_dir, check_images=True, progress=sys.stderr.isatty())
+
+
+def _captions(obj: Ctx, dataset, federation: str, classes, opts: CaptionOptions) -> tuple[dict, list[dict]]:
+    """Caption every image with the pulled bundle, scrub the captions, build the payload."""
+    from .bundle import load_bundle
+    from .captioning import Captioner
+    from .payloads import build_captions
+    from .scrub import Scrubber, load_names
+
+    cfg = obj.config()
+    scrubber = Scrubber(load_names(opts.scrub_words) if opts.scrub_words else ())
+    bundle = load_bundle(cfg.home, cfg.server_keys()[1])  # MODELS error with the fix `osfl-edge models pull`
+    captioner = Captioner(bundle, threads=opts.threads, batch_size=opts.batch_size, precision=opts.precision,
+                          max_new_tokens=opts.max_new_tokens)
+    raw_captions = captioner.caption_files([p for p, _ in dataset.files], progress=sys.stderr.isatty())
+    captions, report, log_rows = [], [], []
+    for i, text in enumerate(raw_captions):
+        clean, removed = scrubber.scrub(text)
+        captions.append(clean)
+        report.append(removed)
+        log_rows += [{"index": i, "kind": r.kind, "text": r.text} for r in removed]
+    params = captioner.describe()  # captioner kind, precision, max_new_tokens: shown by inspect
+    payload = build_captions(dataset, captions, federation, federation_classes=classes, bundle=bundle.version,
+                             scrub_report=report, params=params)
+    return payload, log_rows
+
+
+def _build_payload(obj: Ctx, data_dir: str, federation: str, method: str, domain: str | None,
+                   offline: bool, *, dicom: bool = False, labels_csv: str | None = None,
+                   caption_opts: CaptionOptions | None = None) -> tuple[dict, list[dict] | None]:
+    """The payload, and for captions what the scrubber removed (kept at the site, never uploaded)."""
     from .payloads import build_class_prompts
 
     kind = method_to_kind(method)
-    if kind != "class_prompts":
+    if kind not in ("class_prompts", "captions"):
         raise ConfigError(f"method {method!r} is not available in this release of osfl-edge; "
-                          f"use --method class-prompts")
-    dataset = load_image_folder(data_dir, check_images=True, progress=sys.stderr.isatty())
+                          f"use --method class-prompts or --method captions")
+    dataset = _load_dataset(data_dir, dicom, labels_csv)
     classes = None
     if not offline:
         with obj.client() as c:
@@ -121,11 +167,81 @@ def _build_payload(obj: Ctx, data_dir: str, federation: str, method: str, domain
             raise PE.MethodNotAllowed(f"federation {federation!r} allows {', '.join(info['methods'])}; "
                                       f"got {kind}")
         classes = info["classes"]
-    return build_class_prompts(dataset, federation, domain=domain, federation_classes=classes)
+    if kind == "captions":
+        return _captions(obj, dataset, federation, classes, caption_opts or CaptionOptions())
+    return build_class_prompts(dataset, federation, domain=domain, federation_classes=classes), None
+
+
+def scrub_log_path(payload_path: str | Path) -> Path:
+    """The side file with what the scrubber removed: next to the payload, readable by this user only."""
+    p = Path(payload_path)
+    return p.with_name(p.name + ".scrubbed.json")
+
+
+def _write_scrub_log(payload_path: str | Path, rows: list[dict]) -> Path:
+    import os
+
+    path = scrub_log_path(payload_path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"note": "what the scrubber removed from the captions; it stays at this site", "removed": rows},
+                  f, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def _read_scrub_log(payload_path: str | Path) -> list[dict] | None:
+    try:
+        data = json.loads(scrub_log_path(payload_path).read_text(encoding="utf-8"))
+        rows = data.get("removed")
+        return rows if isinstance(rows, list) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _keep_payload(home: Path, payload: dict) -> tuple[dict, bytes]:
+    """Prepare-and-upload keeps what it built in HOME/payloads/, and reuses those exact bytes when the
+    same data yields the same payload again, so running the command twice is idempotent (the
+    server acknowledges the second upload as a duplicate instead of refusing a 'different' one)."""
+    from .payloads import read_payload, write_payload
+
+    path = home / "payloads" / f"{payload['federation']}.{payload['kind']}.osfl"
+    if path.exists():
+        try:
+            old, raw = read_payload(path)
+        except EdgeError:
+            old, raw = None, b""
+        if old is not None and {k: v for k, v in old.items() if k != "created_ms"} == \
+                {k: v for k, v in payload.items() if k != "created_ms"}:
+            return old, raw
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return payload, write_payload(path, payload)
 
 
 _method_option = click.option("--method", type=click.Choice(sorted(METHODS)), default="class-prompts",
                               show_default=True, help="what to describe the images with")
+
+
+def _input_options(f):
+    f = click.option("--labels-csv", type=click.Path(dir_okay=False), default=None,
+                     help="DICOM: labels from a CSV of filename,label rows instead of class folders")(f)
+    f = click.option("--dicom", is_flag=True, help="the folder holds DICOM files (needs the 'dicom' extra)")(f)
+    return f
+
+
+def _caption_options(f):
+    f = click.option("--max-new-tokens", type=click.IntRange(1, 200), default=None,
+                     help="captions: longest caption in tokens (default: the bundle's)")(f)
+    f = click.option("--scrub-words", type=click.Path(dir_okay=False), default=None,
+                     help="captions: file of names (one per line) the scrubber also removes; it never leaves the site")(f)
+    f = click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+                     help="captions: int8 graphs when the bundle has them (auto) or not")(f)
+    f = click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
+                     help="captions: images captioned together")(f)
+    f = click.option("--threads", type=click.IntRange(0, 256), default=0,
+                     help="captions: onnxruntime threads (0: all cores)")(f)
+    return f
 
 
 @cli.command()
@@ -135,16 +251,29 @@ _method_option = click.option("--method", type=click.Choice(sorted(METHODS)), de
 @click.option("--domain", default=None, help="optional free text on the images' style, e.g. 'dermoscopy photos'")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="payload file to write")
 @click.option("--offline", is_flag=True, help="do not ask the server for the federation's classes")
+@_input_options
+@_caption_options
 @click.pass_obj
 def prepare(obj: Ctx, data_dir: str, federation: str, method: str, domain: str | None, out: str,
-            offline: bool) -> None:
-    """Build the payload file; nothing is sent. Look at it with `osfl-edge inspect`."""
+            offline: bool, dicom: bool, labels_csv: str | None, threads: int, batch_size: int, precision: str,
+            scrub_words: str | None, max_new_tokens: int | None) -> None:
+    """Build the payload file; nothing is sent. Look at it with `osfl-edge inspect`.
+
+    With --method captions every image is captioned on this machine with the pulled model bundle
+    (`osfl-edge models pull`) and the captions are scrubbed of names, dates and record numbers.
+    """
     from .payloads import write_payload
 
-    payload = _build_payload(obj, data_dir, federation, method, domain, offline)
+    opts = CaptionOptions(threads, batch_size, precision, scrub_words, max_new_tokens)
+    payload, scrub_rows = _build_payload(obj, data_dir, federation, method, domain, offline, dicom=dicom,
+                                         labels_csv=labels_csv, caption_opts=opts)
     raw = write_payload(out, payload)
     click.echo(f"wrote {out}: {payload['kind']} for federation {federation}, {len(raw)} bytes, "
                f"{sum(payload['counts'])} images in {sum(1 for n in payload['counts'] if n)} classes")
+    if scrub_rows is not None:
+        side = _write_scrub_log(out, scrub_rows)
+        click.echo(f"{len(scrub_rows)} identifier(s) scrubbed from the captions; what was removed is listed in "
+                   f"{side} (stays here)")
     click.echo(f"Check it with `osfl-edge inspect {out}`, then `osfl-edge upload {out}`.")
 
 
@@ -157,10 +286,14 @@ def inspect_cmd(file: str, as_json: bool) -> None:
     from .payloads import read_payload
 
     payload, raw = read_payload(file)
+    scrub_rows = _read_scrub_log(file) if payload.get("kind") == "captions" else None
     if as_json:
-        click.echo(json.dumps(payload_summary(payload, raw), indent=2))
+        summary = payload_summary(payload, raw)
+        if scrub_rows is not None:
+            summary["scrub_log"] = scrub_rows
+        click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo(describe_payload(payload, raw))
+        click.echo(describe_payload(payload, raw, scrub_log=scrub_rows))
 
 
 @cli.command()
@@ -169,9 +302,12 @@ def inspect_cmd(file: str, as_json: bool) -> None:
 @click.option("--federation", default=None, help="federation id (with --data)")
 @_method_option
 @click.option("--domain", default=None, help="optional style text (with --data)")
+@_input_options
+@_caption_options
 @click.pass_obj
 def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | None, method: str,
-           domain: str | None) -> None:
+           domain: str | None, dicom: bool, labels_csv: str | None, threads: int, batch_size: int, precision: str,
+           scrub_words: str | None, max_new_tokens: int | None) -> None:
     """Upload a prepared payload FILE, or prepare and upload in one go with --data."""
     from tqdm import tqdm
 
@@ -182,10 +318,13 @@ def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | N
     if data_dir:
         if not federation:
             raise click.UsageError("--data needs --federation ID")
-        payload = _build_payload(obj, data_dir, federation, method, domain, offline=False)
-        from protocol.payloads import encode_payload
-
-        raw = encode_payload(payload)
+        opts = CaptionOptions(threads, batch_size, precision, scrub_words, max_new_tokens)
+        payload, scrub_rows = _build_payload(obj, data_dir, federation, method, domain, offline=False, dicom=dicom,
+                                             labels_csv=labels_csv, caption_opts=opts)
+        payload, raw = _keep_payload(obj.config().home, payload)
+        if scrub_rows is not None:
+            _write_scrub_log(obj.config().home / "payloads" / f"{payload['federation']}.{payload['kind']}.osfl",
+                             scrub_rows)
     else:
         payload, raw = read_payload(file)
     fed = payload["federation"]
@@ -257,6 +396,73 @@ def evaluate(obj: Ctx, model: str, data_dir: str, batch_size: int, threads: int,
     dataset = load_image_folder(data_dir, check_images=True, progress=sys.stderr.isatty())
     result = run_eval(Path(model), dataset, batch_size=batch_size, threads=threads, progress=sys.stderr.isatty())
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.render())
+
+
+@cli.group()
+def models() -> None:
+    """The edge model bundle (captioner, VAE encoder, classifier) the server exports for sites."""
+
+
+@models.command("pull")
+@click.option("--version", "version", default=None, help="bundle version (default: the server's latest)")
+@click.pass_obj
+def models_pull(obj: Ctx, version: str | None) -> None:
+    """Download the signed bundle (chunked, resumable), check every file, install it and use it."""
+    from tqdm import tqdm
+
+    from .bundle import pull
+
+    cfg = obj.config()
+    with obj.client() as c:
+        bar = tqdm(unit="B", unit_scale=True, desc="models", disable=not sys.stderr.isatty(), leave=False)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            bundle = pull(c, cfg.home, version, on_progress=progress)
+        finally:
+            bar.close()
+    size = sum(f["size"] for f in bundle.manifest["files"].values())
+    click.echo(f"edge model bundle {bundle.version} installed in {bundle.path} ({size} bytes, signed by the server, "
+               f"every file checked): {', '.join(sorted(bundle.manifest['models']))}")
+    click.echo("Captions: `osfl-edge prepare --method captions --data DIR --federation ID --out FILE`.")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--verify", is_flag=True, help="check each bundle's signature and every file's sha256")
+@click.pass_obj
+def models_list(obj: Ctx, as_json: bool, verify: bool) -> None:
+    """Installed bundles; the current one (used for captions) is marked with '*'."""
+    from .bundle import describe, load_bundle
+
+    cfg = obj.config()
+    rows = describe(cfg.home)
+    if verify:
+        for r in rows:
+            try:
+                load_bundle(cfg.home, cfg.server_keys()[1], r["version"], full=True)
+                r["verified"] = True
+            except EdgeError as exc:
+                r["verified"] = False
+                r["problem"] = exc.message
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no edge model bundle installed; run `osfl-edge models pull`")
+        return
+    for r in rows:
+        mark = "*" if r["current"] else " "
+        models_text = ", ".join(f"{k} ({v})" for k, v in sorted(r["models"].items()))
+        check = "" if "verified" not in r else ("  verified" if r["verified"] else f"  FAILED: {r['problem']}")
+        click.echo(f"{mark} {r['version']:<20} {r['size']:>12} B  {models_text}{check}")
+    if verify and not all(r["verified"] for r in rows):
+        from .errors import IntegrityError
+
+        raise IntegrityError("an installed edge model bundle failed its check (listed above)")
 
 
 @cli.command("exit-codes")

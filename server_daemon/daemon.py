@@ -332,7 +332,7 @@ class Daemon:
         c = self._clients[req.header.fingerprint]
         uploads = [{"federation": p.federation, "kind": p.kind, "payload_id": p.id, "size": p.size,
                     "received_ms": p.received_ms}
-                   for p in self.store.payloads() if p.fingerprint == c.fingerprint]
+                   for p in self.store.payloads(fingerprint=c.fingerprint)]
         feds = {}
         if c.state == "accepted":
             for f in self.store.federations():

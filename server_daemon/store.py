@@ -349,11 +349,15 @@ class Store:
             (federation, fingerprint, kind, sha256, size, inline, path, msg_id, now_ms()))
         return cur.lastrowid if cur.rowcount == 1 else None
 
-    def payloads(self, federation: str | None = None) -> list[Payload]:
-        q = "SELECT id, federation, fingerprint, kind, sha256, size, path, received_ms FROM payloads"
-        args: tuple = ()
+    def payloads(self, federation: str | None = None, fingerprint: str | None = None) -> list[Payload]:
+        q = "SELECT id, federation, fingerprint, kind, sha256, size, path, received_ms FROM payloads WHERE 1=1"
+        args: list = []
         if federation:
-            q, args = q + " WHERE federation=?", (federation,)
+            q += " AND federation=?"
+            args.append(federation)
+        if fingerprint:
+            q += " AND fingerprint=?"
+            args.append(fingerprint)
         return [Payload(*r) for r in self.db.execute(q + " ORDER BY id", args)]
 
     def payload_bytes(self, payload_id: int) -> bytes:

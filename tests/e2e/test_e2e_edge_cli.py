@@ -116,3 +116,13 @@ def test_wrong_server_key_and_server_down(server, tmp_path, capsys):
     assert run(tmp_path / "typo", "init", "--server", server.endpoint, "--server-key", mistyped) == X.CONFIG
     assert "checksum" in capsys.readouterr().err
     assert server.store().clients() == []
+
+
+def test_prepare_and_upload_in_one_go_twice_is_idempotent(server, site, tmp_path, capsys):
+    data = make_images(tmp_path / "data")
+    assert run(site, "upload", "--data", str(data), "--federation", "fed1") == 0
+    capsys.readouterr()
+    assert run(site, "upload", "--data", str(data), "--federation", "fed1") == 0
+    assert "already stored" in capsys.readouterr().out
+    assert server.payload_count() == 1
+    assert (site / "payloads" / "fed1.class_prompts.osfl").exists()
