@@ -9,8 +9,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 CODE = """
-import sys
-import edge_client.dataset, edge_client.payloads, edge_client.inspect, edge_client.errors, edge_client.exit_codes
+import importlib, pkgutil, sys
+import edge_client
+# every module of the package, including the CLI, the transport and whatever is added later
+for m in pkgutil.walk_packages(edge_client.__path__, "edge_client."):
+    importlib.import_module(m.name)
+from edge_client.cli import cli
 heavy = sorted(m for m in sys.modules
                if m.split('.')[0] in {'torch', 'diffusers', 'transformers', 'server_daemon'})
 print(repr(heavy))
