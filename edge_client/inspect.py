@@ -4,9 +4,10 @@ The report is built from the **bytes** that would be uploaded (decoded again her
 the code meant to put in them: size and sha256 are of those exact bytes, and every field in them
 is shown. The sentence "No image pixels, file names or patient data are included." is printed
 only for a kind whose content this version fully understands (``class_prompts``: labels, counts,
-a domain text and plain parameters) and only when nothing else is in the bytes; for any other
-kind, or any unexpected field, the report lists the raw keys with the size of each value and
-claims nothing.
+a domain text and plain parameters; ``captions``: the same plus one caption per image, each shown)
+and only when nothing else is in the bytes; for captions also only when no caption still looks
+like an identifier to the scrubber or names a file. For any other kind, or any unexpected field,
+the report lists the raw keys with the size of each value and claims nothing.
 
 ``describe_payload`` gives plain text for a terminal; ``payload_summary`` the same facts as a
 JSON-able map for ``--json``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from typing import Any
 
 import msgpack
@@ -31,7 +33,9 @@ NO_PATIENT_DATA = "No image pixels, file names or patient data are included."
 _COMMON_FIELDS = ("osfl_payload", "kind", "federation", "labels", "counts", "params", "bundle",
                   "created_ms", "data")
 #: kinds whose ``data`` this version describes fully, with the keys that ``data`` may hold
-_DESCRIBED_DATA = {"class_prompts": frozenset({"domain"})}
+_DESCRIBED_DATA = {"class_prompts": frozenset({"domain"}), "captions": frozenset({"captions", "scrubbed"})}
+#: a caption that mentions a file name voids the statement
+_FILE_NAME = re.compile(r"\S+\.(?:png|jpe?g|tiff?|bmp|dcm|dicom|gif|webp)\b", re.IGNORECASE)
 #: a parameter value longer than this (or not a plain value) voids the statement
 _MAX_PLAIN_CHARS = MAX_DOMAIN_CHARS
 
@@ -135,11 +139,52 @@ def payload_summary(payload: dict[str, Any], raw: bytes) -> dict[str, Any]:
     }
     if kind == "class_prompts":
         summary["domain"] = _jsonable(data.get("domain"))
+    if kind == "captions":
+        rows, flagged = _caption_rows(data.get("captions"), labels)
+        summary["captions"] = rows
+        summary["scrubbed"] = _jsonable(data.get("scrubbed"))
+        summary["flagged_captions"] = flagged
+        if flagged or rows is None:
+            summary["no_patient_data"] = False
+            summary["statement"] = None
     return summary
 
 
-def describe_payload(payload: dict[str, Any], raw: bytes) -> str:
-    """A plain-text report of exactly what would leave the building if ``raw`` were uploaded."""
+def _caption_rows(captions: Any, labels: list) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """Every caption with its label, and those that still look like they identify someone.
+
+    A caption is flagged when the scrubber would still remove something from it, or when it
+    mentions a file name. ``None`` rows: the captions are not the expected list of maps.
+    """
+    from .scrub import Scrubber
+
+    if not isinstance(captions, list):
+        return None, []
+    scrubber = Scrubber()
+    rows: list[dict[str, Any]] = []
+    flagged: list[dict[str, Any]] = []
+    for i, item in enumerate(captions):
+        if not (isinstance(item, dict) and set(item) == {"label_index", "caption"}
+                and isinstance(item.get("caption"), str) and isinstance(item.get("label_index"), int)):
+            return None, []
+        li, text = item["label_index"], item["caption"]
+        label = labels[li] if 0 <= li < len(labels) else None
+        rows.append({"index": i, "label_index": li, "label": _jsonable(label), "caption": text})
+        _, found = scrubber.scrub(text)
+        reasons = [f"{r.kind} {r.text!r}" for r in found]
+        if _FILE_NAME.search(text):
+            reasons.append("a file name")
+        if reasons:
+            flagged.append({"index": i, "reasons": reasons})
+    return rows, flagged
+
+
+def describe_payload(payload: dict[str, Any], raw: bytes, scrub_log: list[dict[str, Any]] | None = None) -> str:
+    """A plain-text report of exactly what would leave the building if ``raw`` were uploaded.
+
+    ``scrub_log`` (captions: the side file ``prepare`` writes next to the payload) lists what the
+    scrubber removed; it is shown as staying at the site.
+    """
     s = payload_summary(payload, raw)
     out: list[str] = ["osfl payload: what would leave this site", ""]
 
@@ -175,6 +220,8 @@ def describe_payload(payload: dict[str, Any], raw: bytes) -> str:
     if s["kind"] == "class_prompts":
         domain = s.get("domain")
         field("domain", "(none)" if domain is None else json.dumps(domain, ensure_ascii=False))
+    if s["kind"] == "captions":
+        _describe_captions(s, out, scrub_log)
     if s["params"]:
         out.append("  params:")
         out += [f"    {_safe(k)} = {_safe(json.dumps(v, ensure_ascii=False, sort_keys=True))}"
@@ -197,3 +244,29 @@ def describe_payload(payload: dict[str, Any], raw: bytes) -> str:
     else:
         out.append("This report cannot vouch for the content above; check it before uploading.")
     return "\n".join(out) + "\n"
+
+
+def _describe_captions(s: dict[str, Any], out: list[str], scrub_log: list[dict[str, Any]] | None) -> None:
+    rows = s.get("captions")
+    if rows is None:
+        out.append("  captions: not the expected list of {label_index, caption} maps; review the raw data")
+        out.append("")
+        return
+    out.append(f"  captions ({len(rows)}, one per image, exactly as uploaded):")
+    width = len(str(max(len(rows) - 1, 0)))
+    for r in rows:
+        label = "?" if r["label"] is None else _safe(r["label"])
+        out.append(f"    {r['index']:>{width}}  [{label}]  {_safe(r['caption'])}")
+    out.append(f"  scrubbed:        {_safe(s.get('scrubbed'))} identifier(s) removed before this payload was written")
+    if scrub_log:
+        out.append("  removed by the scrubber (stays at this site, not in the payload):")
+        for entry in scrub_log:
+            out.append(f"    caption {_safe(entry.get('index'))}: {_safe(entry.get('kind'))} "
+                       f"{_safe(json.dumps(entry.get('text'), ensure_ascii=False))}")
+    elif scrub_log is not None:
+        out.append("  removed by the scrubber: nothing")
+    flagged = s.get("flagged_captions") or []
+    if flagged:
+        out.append("  WARNING: these captions may still identify someone; rebuild with a --scrub-words list:")
+        out += [f"    caption {f['index']}: {_safe(', '.join(f['reasons']))}" for f in flagged]
+    out.append("")

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from protocol import errors as PE
-from protocol.payloads import (MAX_DOMAIN_CHARS, MAX_LABEL_CHARS, PAYLOAD_FORMAT, decode_payload,
-                               encode_payload)
+from protocol.payloads import (MAX_CAPTION_CHARS, MAX_DOMAIN_CHARS, MAX_LABEL_CHARS, PAYLOAD_FORMAT,
+                               decode_payload, encode_payload)
 
 from .dataset import ImageFolderDataset
 from .errors import ConfigError, DatasetError, FederationMismatch, PayloadFileError
@@ -156,6 +156,73 @@ def build_class_prompts(
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"the method parameters cannot be encoded ({type(exc).__name__}); expected strings, "
                           f"numbers, booleans, nil, lists and maps") from None
+    return payload
+
+
+def build_captions(
+    dataset: ImageFolderDataset,
+    captions: list[str],
+    federation_id: str,
+    *,
+    federation_classes: list[str] | None = None,
+    bundle: str | None = None,
+    scrub_report: list[list[Any]] | int | None = None,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``captions`` payload (FGL, instance level): one caption per image with its label index.
+
+    ``captions[i]`` describes ``dataset.files[i]`` and must already be scrubbed
+    (``edge_client.scrub``); ``scrub_report`` is the scrubber's list of removals per caption (or
+    their number) and only their count goes into the payload. No file name, path or image data is
+    included. ``bundle`` is the edge model-bundle version that made the captions. Labels follow
+    the federation's class list when given, as for ``build_class_prompts``.
+    """
+    params = _check_common(federation_id, params, bundle)
+    if not isinstance(captions, (list, tuple)) or len(captions) != len(dataset.files):
+        got = len(captions) if isinstance(captions, (list, tuple)) else type(captions).__name__
+        raise ConfigError(f"one caption per image is needed: the dataset has {len(dataset.files)} image(s), "
+                          f"got {got} caption(s)")
+    for i, text in enumerate(captions):
+        if not isinstance(text, str) or len(text) > MAX_CAPTION_CHARS or not text.isprintable():
+            raise ConfigError(f"caption {i} must be printable text of at most {MAX_CAPTION_CHARS} characters "
+                              f"(tidy it with edge_client.captioning.tidy_caption)")
+    if scrub_report is None:
+        scrubbed = 0
+    elif isinstance(scrub_report, int) and not isinstance(scrub_report, bool) and scrub_report >= 0:
+        scrubbed = scrub_report
+    elif isinstance(scrub_report, (list, tuple)) and len(scrub_report) == len(captions):
+        scrubbed = sum(len(r) for r in scrub_report)
+    else:
+        raise ConfigError("scrub_report must be the scrubber's removals per caption (one list per caption) "
+                          "or their count")
+    _check_labels(dataset)
+    counts = dataset.counts()
+    if federation_classes is None:
+        labels, values = list(counts), list(counts.values())
+    else:
+        labels, values = _order_by_federation(counts, federation_classes)
+    position = {label: i for i, label in enumerate(labels)}
+    by_norm = {_norm(label): label for label in labels}
+    to_label = [position[by_norm[_norm(name)]] for name in dataset.classes]
+    items = [{"label_index": to_label[idx], "caption": text} for (_, idx), text in zip(dataset.files, captions)]
+
+    payload: dict[str, Any] = {
+        "osfl_payload": PAYLOAD_FORMAT,
+        "kind": "captions",
+        "federation": federation_id,
+        "labels": labels,
+        "counts": values,
+        "params": params,
+        "bundle": bundle,
+        "created_ms": int(time.time() * 1000),
+        "data": {"captions": items, "scrubbed": scrubbed},
+    }
+    try:
+        encode_payload(payload)
+    except PE.InvalidPayload as exc:
+        raise ConfigError(f"the captions payload built here is not valid: {exc.message}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"the method parameters cannot be encoded ({type(exc).__name__})") from None
     return payload
 
 

@@ -19,6 +19,7 @@ from protocol.keys import KeyPair, encode_server_key
 from protocol.payloads import METHODS, method_to_kind
 
 from .config import load_config, render_config, resolve_config_path
+from .edge_models.cli import edge_models_cli
 from .errors import ConfigError, ServerError
 from .store import Store
 
@@ -387,6 +388,9 @@ def status(obj: Ctx, as_json: bool) -> None:
     for f in feds:
         click.echo(f"federation   {f['id']}: {f['state']}, {f['received']}/{f['quorum']} sites uploaded"
                    + (f"; {f['job']}" if f["job"] else "") + ("; model published" if f["model"] else ""))
+
+
+cli.add_command(edge_models_cli, "edge-models")
 
 
 def main() -> None:

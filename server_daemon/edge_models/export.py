@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ServerError
+
 log = logging.getLogger(__name__)
 
 OPSET = 17
@@ -62,8 +64,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ExportError(Exception):
+class ExportError(ServerError):
     """An edge model cannot be exported (missing directory, unsupported model, failed check)."""
+
+    exit_code = 3
 
 
 # ---- shared helpers -------------------------------------------------------------------------------
@@ -120,11 +124,16 @@ def _quantize(src: Path, dest: Path, external: bool) -> list[Path]:
 
     data = dest.with_name(dest.name + ".data")
     data.unlink(missing_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(dest), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=False, use_external_data_format=external,
-                         extra_options={"MatMulConstBOnly": True})
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # quantize_dynamic logs a "pre-process first" advice on the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(src), str(dest), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                             per_channel=False, use_external_data_format=external,
+                             extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.disable(previous)
     if external:
         # quantize_dynamic names the data file after the model; keep our "<file>.data" convention
         import onnx
@@ -257,7 +266,7 @@ def load_blip2(model_dir: str | os.PathLike):
     if not (path / "config.json").exists():
         raise ExportError(f"{path} has no config.json; expected a BLIP-2 model directory (save_pretrained)")
     try:
-        model = Blip2ForConditionalGeneration.from_pretrained(path, torch_dtype=torch.float32,
+        model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch.float32,
                                                               attn_implementation="eager", local_files_only=True)
     except Exception as exc:
         raise ExportError(f"cannot load BLIP-2 from {path}: {type(exc).__name__}: {exc}") from None
