@@ -21,6 +21,7 @@ from protocol.payloads import METHODS, method_to_kind
 from .config import load_config, render_config, resolve_config_path
 from .edge_models.cli import edge_models_cli
 from .errors import ConfigError, ServerError
+from .metrics import is_alive, render_metrics
 from .store import Store
 
 log = logging.getLogger("osfl.server")
@@ -350,6 +351,15 @@ def tiny_models(directory: str, seed: int) -> None:
     click.echo(f"tiny pipeline written to {out['pipeline']}; set [synthesis] model_dir to it")
 
 
+@cli.command()
+@click.pass_obj
+def metrics(obj: Ctx) -> None:
+    """Print Prometheus metrics (the daemon also keeps them in STATE_DIR/metrics.prom)."""
+    store = obj.store()
+    d = store.daemon_info()
+    click.echo(render_metrics(store, d, is_alive(d, obj.cfg.ingest.heartbeat_s)), nl=False)
+
+
 # ---- status -----------------------------------------------------------------------------------
 
 @cli.command()
@@ -360,8 +370,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     cfg = obj.cfg
     store = obj.store()
     d = store.daemon_info()
-    alive = bool(d and d["state"] == "running" and time.time() * 1000 - d["heartbeat_ms"]
-                 < 3 * cfg.ingest.heartbeat_s * 1000)
+    alive = is_alive(d, cfg.ingest.heartbeat_s)
     by_state: dict[str, int] = {}
     for c in store.clients():
         by_state[c.state] = by_state.get(c.state, 0) + 1

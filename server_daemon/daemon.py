@@ -35,6 +35,7 @@ from protocol.payloads import PAYLOAD_KINDS, decode_payload
 from . import systemd
 from .config import ServerConfig
 from .jobs import Supervisor, job_summary
+from .metrics import write_metrics
 from .store import Client, Store
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,10 @@ class Daemon:
             self.store.heartbeat(pid=os.getpid(), bind=getattr(self, "endpoint", self.cfg.server.bind), state=state,
                                  started_ms=self.stats.started_ms, counters=self.stats.as_dict())
         self._last_heartbeat = time.monotonic()
+        try:
+            write_metrics(self.store, self.cfg.state_dir / "metrics.prom", self.store.daemon_info())
+        except OSError as exc:  # metrics are a convenience: never a reason to stop
+            log.warning("cannot write metrics.prom: %s", exc)
 
     def _refresh_clients(self) -> None:
         """Reload sites and federations when another connection (the operator's CLI) changed them."""

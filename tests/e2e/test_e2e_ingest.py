@@ -239,3 +239,16 @@ def test_server_down_is_reported_as_unreachable(tmp_path):
     with pytest.raises(E.ServerUnreachable):
         site.enroll()
     site.close()
+
+
+def test_metrics_count_what_the_daemon_did(server, site_factory):
+    create_fed(server)
+    site_factory("metered").upload(class_prompts("fed1"), "fed1", "class_prompts")
+    server.stop(signal.SIGTERM)  # the last heartbeat writes the final counters
+    text = server.osfl("metrics").output
+    assert "osfl_payloads_stored_total 1" in text
+    assert 'osfl_sites{state="accepted"} 1' in text
+    assert 'osfl_federation_sites_uploaded{federation="fed1",state="open"} 1' in text
+    prom = (server.cfg.state_dir / "metrics.prom").read_text().splitlines()
+    assert "osfl_up 0" in prom  # written by the last heartbeat, as the daemon stopped
+    assert any(line.startswith("osfl_requests_total ") and int(line.split()[1]) >= 3 for line in prom)
