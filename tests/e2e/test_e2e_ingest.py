@@ -251,4 +251,4 @@ def test_metrics_count_what_the_daemon_did(server, site_factory):
     assert 'osfl_federation_sites_uploaded{federation="fed1",state="open"} 1' in text
     prom = (server.cfg.state_dir / "metrics.prom").read_text().splitlines()
     assert "osfl_up 0" in prom  # written by the last heartbeat, as the daemon stopped
-    assert any(line.startswith("osfl_requests_total ") and int(line.split()[1]) >= 3 for line in prom)
+    assert any(line.startswith("osfl_requests_total ") and int(line.split()[1]) >= 2 for line in prom)
