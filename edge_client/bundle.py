@@ -191,7 +191,7 @@ def _unpack(tar_path: Path, dest: Path, meta: dict[str, Any]) -> None:
         (dest / MANIFEST_NAME).write_bytes(raw)
         expected = manifest["files"]
         seen: set[str] = set()
-        for member in tar:
+        while (member := tar.next()) is not None:  # iterating the TarFile would start over at the manifest
             rel = member.name
             if rel not in expected or rel in seen or not member.isfile():
                 raise refuse(f"unexpected tar member {rel[:80]!r} (not a listed regular file, or listed twice)")
