@@ -31,7 +31,8 @@ mode) because the server's guidance reads its running statistics.
 Large models: weights over ``EXTERNAL_DATA_THRESHOLD`` (or always, with ``external_data="always"``)
 are saved as ONNX external data in one ``<file>.data`` beside the graph, since a protobuf file
 cannot exceed 2 GB. ``int8=True`` adds dynamically quantised copies (onnxruntime's
-``quantize_dynamic``, int8 MatMul weights) of the captioner graphs.
+``quantize_dynamic``: int8 weights for every MatMul, with the exporter's Gemm layers rewritten as
+MatMul first, and for the embedding tables) of the captioner graphs.
 
 Each ``export_*`` returns the model's entry for the bundle manifest (``bundle.py``): its files
 (relative to the bundle root) and what a site needs to run it.
@@ -118,22 +119,68 @@ def _finalize(tmp_dir: Path, graph_name: str, dest: Path, external_data: str) ->
     return [dest]
 
 
+def _gemm_to_matmul(proto) -> int:
+    """Rewrite ``Gemm(x, W, b, transB=1)`` with constant W as ``MatMul(x, W^T) + b``, in place.
+
+    onnxruntime's dynamic quantisation handles MatMul but not Gemm, and the exporter writes 2-D
+    linear layers (OPT's feed-forward blocks, the logits) as Gemm. Returns the number rewritten.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    nodes, done = [], 0
+    for node in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        w_name = f"{node.input[1]}.matmul{done}"
+        proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T if attrs.get("transB", 0) else w),
+                                                               w_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}.matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}.matmul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}.bias"))
+        done += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    used = {i for n in proto.graph.node for i in n.input}
+    keep = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    return done
+
+
 def _quantize(src: Path, dest: Path, external: bool) -> list[Path]:
-    """Dynamic int8 quantisation of the MatMul weights (onnxruntime.quantization)."""
+    """Dynamic int8 quantisation of the MatMul and Gather weights (onnxruntime.quantization)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     data = dest.with_name(dest.name + ".data")
     data.unlink(missing_ok=True)
+    proto = onnx.load(str(src), load_external_data=True)
+    if _gemm_to_matmul(proto):
+        staged = dest.with_name(dest.name + ".staged.onnx")
+        onnx.save_model(proto, str(staged), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=staged.name + ".data")
+        src = staged
+    del proto
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # quantize_dynamic logs a "pre-process first" advice on the root logger
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(src), str(dest), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                             per_channel=False, use_external_data_format=external,
+            quantize_dynamic(str(src), str(dest), op_types_to_quantize=["MatMul", "Gather"],
+                             weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=external,
                              extra_options={"MatMulConstBOnly": True})
     finally:
         logging.disable(previous)
+        for p in dest.parent.glob(dest.name + ".staged.onnx*"):
+            p.unlink()
     if external:
         # quantize_dynamic names the data file after the model; keep our "<file>.data" convention
         import onnx
@@ -205,6 +252,9 @@ def _captioner_modules(model):
         def __init__(self, lm):
             super().__init__()
             self.lm = lm
+            # F.linear with a bias on a 2-D input exports as Gemm(transB=1) on the embedding matrix
+            # itself; without one the exporter adds a transposed copy of it (500 MB for OPT-2.7b)
+            self.register_buffer("zero_bias", torch.zeros(lm.lm_head.weight.shape[0]), persistent=False)
 
         def forward(self, prefix_embeds, input_ids, attention_mask, *past):
             from transformers.cache_utils import DynamicCache
@@ -218,13 +268,17 @@ def _captioner_modules(model):
             # as OPT does itself: positions count the unmasked tokens
             positions = (torch.cumsum(attention_mask, dim=1) * attention_mask - 1)[:, past_len:]
             cache_position = torch.arange(past_len, total)
-            out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, past_key_values=cache,
-                          position_ids=positions, cache_position=cache_position, use_cache=True, return_dict=True)
+            out = self.lm.model.decoder(inputs_embeds=embeds, attention_mask=attention_mask, past_key_values=cache,
+                                        position_ids=positions, cache_position=cache_position, use_cache=True,
+                                        return_dict=True)
+            # only the last position's logits: what greedy decoding needs, and vocab-size times less work
+            last = out.last_hidden_state[:, -1, :]
+            logits = torch.nn.functional.linear(last, self.lm.lm_head.weight, self.zero_bias)
             presents = []
             for layer in range(len(past) // 2):
                 k, v = _cache_layer(out.past_key_values, layer)
                 presents += [k, v]
-            return (out.logits[:, -1, :], *presents)
+            return (logits, *presents)
 
     return VisionQFormer(model).eval(), DecoderStep(model.language_model).eval()
 

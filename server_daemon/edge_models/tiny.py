@@ -48,11 +48,13 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def write_opt_tokenizer_files(directory: str | os.PathLike, words: Sequence[str] = TINY_CAPTION_WORDS) -> dict[str, int]:
+def write_opt_tokenizer_files(directory: str | os.PathLike, words: Sequence[str] = TINY_CAPTION_WORDS,
+                              pad_to: int = 0) -> dict[str, int]:
     """Write a GPT-2/OPT byte-level BPE ``vocab.json`` + ``merges.txt``; return the vocabulary.
 
     Ids 0-3 are OPT's special tokens, then the 256 byte characters, then the merges that make
-    each of ``words`` (with and without the leading-space mark "Ġ") one token, then ``<image>``.
+    each of ``words`` (with and without the leading-space mark "Ġ") one token, then filler tokens
+    up to ``pad_to`` entries (a real-sized vocabulary for benchmarks), then ``<image>``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -71,48 +73,71 @@ def write_opt_tokenizer_files(directory: str | os.PathLike, words: Sequence[str]
                     merges.append(merge)
                 current += nxt
                 vocab.setdefault(current, len(vocab))
+    while len(vocab) < pad_to - 1:
+        vocab[f"Ġfill{len(vocab)}"] = len(vocab)
     vocab.setdefault(IMAGE_TOKEN, len(vocab))
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     return vocab
 
 
-def tiny_blip2_config(vocab_size: int, image_token_index: int, *, image_size: int = IMAGE_SIZE,
-                      num_query_tokens: int = NUM_QUERY_TOKENS):
-    """The tiny ``Blip2Config``: 2-layer ViT (32 px, 8 px patches), 2-layer Q-Former, 2-layer OPT.
+#: model sizes. "tiny" is for tests. "opt2.7b-slice" has the widths of BLIP-2 OPT-2.7b (ViT-g 1408
+#: wide at 224 px, Q-Former 768 with 32 queries, OPT 2560 wide, 50272 tokens) but only a few of its
+#: layers (39 vision, 12 Q-Former, 32 decoder): every matrix has its real shape, for benchmarks.
+SIZES = {
+    "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             image_size=IMAGE_SIZE, patch_size=8),
+                 qformer=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+                 text=dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                           word_embed_proj_dim=32),
+                 queries=NUM_QUERY_TOKENS, vocab=0, init=0.2),
+    "opt2.7b-slice": dict(vision=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=2,
+                                      num_attention_heads=16, image_size=224, patch_size=14),
+                          qformer=dict(hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
+                                       intermediate_size=3072),
+                          text=dict(hidden_size=2560, num_hidden_layers=2, ffn_dim=10240, num_attention_heads=32,
+                                    word_embed_proj_dim=2560),
+                          queries=32, vocab=50272, init=0.02),
+}
 
-    The initializer ranges are large on purpose: random logits then have clear maxima, so greedy
-    decoding does not hinge on float rounding when onnxruntime and torch are compared.
+
+def tiny_blip2_config(vocab_size: int, image_token_index: int, *, size: str = "tiny"):
+    """The ``Blip2Config`` of ``size`` (see ``SIZES``); "tiny": 2-layer ViT (32 px, 8 px patches),
+    2-layer Q-Former, 2-layer OPT, all 32 wide.
+
+    The tiny initializer ranges are large on purpose: random logits then have clear maxima, so
+    greedy decoding does not hinge on float rounding when onnxruntime and torch are compared.
     """
     from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
 
-    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=image_size, patch_size=8, initializer_range=0.2)
-    qformer = Blip2QFormerConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=64, encoder_hidden_size=32, max_position_embeddings=64,
-                                 initializer_range=0.2)
-    text = OPTConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-                     max_position_embeddings=128, word_embed_proj_dim=32, init_std=0.2, bos_token_id=2,
-                     eos_token_id=2, pad_token_id=1, do_layer_norm_before=True)
+    s = SIZES[size]
+    vision = Blip2VisionConfig(**s["vision"], initializer_range=s["init"])
+    qformer = Blip2QFormerConfig(vocab_size=64, encoder_hidden_size=s["vision"]["hidden_size"],
+                                 max_position_embeddings=64, initializer_range=s["init"], **s["qformer"])
+    text = OPTConfig(vocab_size=vocab_size, max_position_embeddings=128, init_std=s["init"], bos_token_id=2,
+                     eos_token_id=2, pad_token_id=1, do_layer_norm_before=True, **s["text"])
     cfg = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-                      num_query_tokens=num_query_tokens, image_token_index=image_token_index)
-    cfg.initializer_range = 0.2
+                      num_query_tokens=s["queries"], image_token_index=image_token_index)
+    cfg.initializer_range = s["init"]
     return cfg
 
 
-def write_tiny_blip2(directory: str | os.PathLike, seed: int = 0, *, max_new_tokens: int = 12) -> Path:
-    """Write a tiny seeded ``Blip2ForConditionalGeneration`` with its tokenizer to ``directory``.
+def write_tiny_blip2(directory: str | os.PathLike, seed: int = 0, *, max_new_tokens: int = 12,
+                     size: str = "tiny") -> Path:
+    """Write a seeded ``Blip2ForConditionalGeneration`` of ``size`` with its tokenizer to ``directory``.
 
     Two calls with the same ``seed`` write the same weights. ``max_new_tokens`` goes into the
     generation config (and so becomes the export's default caption length).
     """
+    if size not in SIZES:
+        raise ValueError(f"unknown BLIP-2 size {size!r}; expected one of {', '.join(SIZES)}")
     import torch
     from transformers import (AutoTokenizer, Blip2ForConditionalGeneration, BlipImageProcessor, GPT2Tokenizer,
                               GenerationConfig)
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = write_opt_tokenizer_files(directory)
+    vocab = write_opt_tokenizer_files(directory, pad_to=SIZES[size]["vocab"])
     slow = GPT2Tokenizer(vocab_file=str(directory / "vocab.json"), merges_file=str(directory / "merges.txt"),
                          bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                          add_prefix_space=False, model_max_length=128)
@@ -122,7 +147,7 @@ def write_tiny_blip2(directory: str | os.PathLike, seed: int = 0, *, max_new_tok
     fast.save_pretrained(directory)  # adds tokenizer.json, loadable by the tokenizers library
 
     image_token = vocab[IMAGE_TOKEN]
-    cfg = tiny_blip2_config(len(vocab), image_token)
+    cfg = tiny_blip2_config(len(vocab), image_token, size=size)
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(cfg).eval()
     # the query tokens start at zero in transformers' init; random ones make images matter
@@ -131,7 +156,8 @@ def write_tiny_blip2(directory: str | os.PathLike, seed: int = 0, *, max_new_tok
     model.generation_config = GenerationConfig(bos_token_id=2, eos_token_id=2, pad_token_id=1,
                                                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
     model.save_pretrained(directory, safe_serialization=True)
-    BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_convert_rgb=True).save_pretrained(directory)
+    side = SIZES[size]["vision"]["image_size"]
+    BlipImageProcessor(size={"height": side, "width": side}, do_convert_rgb=True).save_pretrained(directory)
     return directory
 
 
