@@ -334,10 +334,10 @@ def export_captioner(model_dir: str | os.PathLike, bundle_root: str | os.PathLik
                      max_new_tokens: int | None = None, int8: bool = False, external_data: str = "auto",
                      verify: bool = True, model=None) -> dict[str, Any]:
     """Export BLIP-2 (OPT) from ``model_dir`` into ``bundle_root/subdir``; return its manifest entry."""
+    model_dir = _require_dir(model_dir, "BLIP-2")  # before the slow imports
     import torch
     from transformers import AutoTokenizer
 
-    model_dir = _require_dir(model_dir, "BLIP-2")
     model = model if model is not None else load_blip2(model_dir)
     root = Path(bundle_root)
     out = root / subdir
