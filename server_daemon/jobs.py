@@ -257,7 +257,7 @@ def run_training_job(cfg: ServerConfig, store: Store, job: dict) -> dict:
     result = train_classifier(job_dir(cfg, fed.id) / "synthetic", job_dir(cfg, fed.id) / "training",
                               arch=tr.arch, image_size=tr.image_size, epochs=tr.epochs, batch_size=tr.batch_size,
                               lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
-                              val_fraction=tr.val_fraction, seed=tr.seed, device=_device(tr.device),
+                              val_fraction=tr.val_fraction, seed=tr.seed, device=_device(tr.device), augment=tr.augment,
                               labels=list(fed.classes), progress=sys.stderr.isatty(), on_epoch_end=on_epoch_end)
     if not result.completed:
         raise InterruptedError("training stopped before its last epoch; it resumes on the next attempt")

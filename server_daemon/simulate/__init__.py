@@ -1,0 +1,1 @@
+"""Simulated federations on real public images: data, partitions, the runner, baselines, results."""
