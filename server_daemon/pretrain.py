@@ -63,6 +63,8 @@ class PretrainConfig:
     ema: float = 0.998
     uncond_fraction: float = 0.1
     threads: int = 0
+    #: images per class in samples.png
+    samples_per_class: int = 8
 
 
 def _class_text(name: str) -> str:
@@ -311,7 +313,7 @@ def pretrain_tiny(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig()) -
     pipe.save_pretrained(out)
     shutil.rmtree(work, ignore_errors=True)
     t = time.monotonic()
-    sample_grid(out, classes)
+    sample_grid(out, classes, per_class=cfg.samples_per_class)
     times["samples_s"] = round(time.monotonic() - t, 1)
     times["total_s"] = round(time.monotonic() - t_start, 1)
     summary = {"data": data_name, "images": int(len(images)), "classes": list(classes),

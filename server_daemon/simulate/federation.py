@@ -77,7 +77,7 @@ def set_keys(config: Path, section: str, values: dict) -> None:
 class LoopbackFederation:
     """A server work directory, a running daemon and enrolled sites (context manager)."""
 
-    def __init__(self, work: Path, synthesis: dict, training: dict, verbose: bool = True):
+    def __init__(self, work: Path, synthesis: dict, training: dict, verbose: bool = True, threads: int = 0):
         self.work = Path(work)
         self.cfg = self.work / "server" / "server.toml"
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -86,6 +86,9 @@ class LoopbackFederation:
         self.proc: subprocess.Popen | None = None
         self.sites: dict[str, Path] = {}
         self.server_key = ""
+        # OMP_NUM_THREADS for the daemon and its job workers: 1 is far faster on a machine shared with
+        # other work (torch's threads spin at every op's barrier while a sibling is descheduled)
+        self.env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
 
     # -- processes
     def _sh(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -111,7 +114,7 @@ class LoopbackFederation:
         self._notify.bind(str(notify_path))
         self._log = open(self.work / "server" / "daemon.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "server_daemon", "--config", str(self.cfg), "run"],
-                                     env=dict(os.environ, NOTIFY_SOCKET=str(notify_path)), stdout=self._log,
+                                     env=dict(self.env, NOTIFY_SOCKET=str(notify_path)), stdout=self._log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

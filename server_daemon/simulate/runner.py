@@ -74,6 +74,8 @@ class SimConfig:
     domain: str = ""
     seed: int = 0
     title: str = ""
+    #: torch/OpenMP threads for the baselines and the daemon's jobs (0: torch's default)
+    threads: int = 0
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -144,6 +146,8 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
 
     from .baselines import ClassifierRecipe, run_fedavg, to_tensor, train_centralized
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out = Path(out_dir).resolve()
     work = out / "work"
     if work.exists():
@@ -177,7 +181,7 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
                 "batch_size": cfg.batch_size, "lr": cfg.lr, "val_fraction": 0.1, "seed": cfg.seed,
                 "augment": cfg.augment}
     evaluator_site = None
-    with LoopbackFederation(work / "federation", synthesis, training) as fed:
+    with LoopbackFederation(work / "federation", synthesis, training, threads=cfg.threads) as fed:
         for method in [m for m in cfg.methods if m in ONESHOT_METHODS]:
             for ipc in cfg.images_per_class:
                 fid = f"sim-{method}-{ipc}"
@@ -285,9 +289,12 @@ def _click_command():
     @click.option("--max-test-images", default=0, show_default=True, help="cap on test images (0: all)")
     @click.option("--domain", default="", help="domain text the sites send with class prompts")
     @click.option("--seed", default=0, show_default=True)
+    @click.option("--threads", default=0, show_default=True, help="torch threads here and in the daemon's jobs (0: default)")
+    @click.option("--steps", default=20, show_default=True, help="synthesis denoising steps (DPM-Solver)")
     @click.option("--out", "out_dir", default="sim-results", show_default=True, type=click.Path(file_okay=False))
     def simulate_cmd(dataset, part, sites, methods, model_dir, images_per_class, rounds, local_epochs,
-                     central_epochs, oneshot_epochs, arch, max_site_images, max_test_images, domain, seed, out_dir):
+                     central_epochs, oneshot_epochs, arch, max_site_images, max_test_images, domain, seed, threads, steps,
+                     out_dir):
         """Simulate a federation on real images: one-shot methods (real daemon + osfl-edge sites) against
         centralized training and FedAvg on the same partition, classifier and test set."""
         logging.basicConfig(level=logging.WARNING)
@@ -295,7 +302,8 @@ def _click_command():
                         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), model_dir=model_dir,
                         images_per_class=_ints(images_per_class), rounds=_ints(rounds), local_epochs=local_epochs,
                         central_epochs=central_epochs, oneshot_epochs=oneshot_epochs, arch=arch,
-                        max_site_images=max_site_images, max_test_images=max_test_images, domain=domain, seed=seed)
+                        max_site_images=max_site_images, max_test_images=max_test_images, domain=domain, seed=seed,
+                        threads=threads, steps=steps)
         res = run_simulation(cfg, out_dir)
         click.echo(res["paths"]["md"].read_text())
         click.echo(f"results: {res['paths']['md']}, {res['paths']['json']}, {res['paths']['accuracy_png']}")
