@@ -5,7 +5,9 @@ Each path runs in its own subprocess, so each peak RSS is that path's alone:
 - ``torch``: ``Blip2ForConditionalGeneration.from_pretrained`` + ``BlipImageProcessor`` +
   ``generate(max_new_tokens=M)`` (greedy) + ``batch_decode`` — what a site would run with PyTorch;
 - ``onnx-fp32`` / ``onnx-int8``: ``edge_client.captioning.Captioner`` on the exported bundle
-  (vision + Q-Former graph, KV-cache decoder, ``tokenizers``), no torch imported.
+  (vision + Q-Former graph, KV-cache decoder, ``tokenizers``), no torch imported; ``-lowmem``:
+  the same with ``low_memory=True`` (no pre-packed weight copies; weights memory-mapped when the
+  bundle has external data, which the export writes for graphs over 100 MB).
 
 Each worker loads its model, captions one warm-up batch, then times captioning ``--images``
 images (preprocess, generate, decode) in batches of ``--batch-size`` with ``--threads`` threads
@@ -44,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PATHS = ("torch", "onnx-fp32", "onnx-int8")
+PATHS = ("torch", "onnx-fp32", "onnx-int8", "onnx-fp32-lowmem", "onnx-int8-lowmem")
 
 
 def peak_rss_mb() -> float:
@@ -109,7 +111,7 @@ def worker(args) -> dict:
         manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())
         cap = Captioner(Bundle(Path(args.bundle), manifest["version"], manifest), threads=args.threads,
                         batch_size=args.batch_size, precision=args.worker.split("-")[1],
-                        max_new_tokens=args.max_new_tokens)
+                        max_new_tokens=args.max_new_tokens, low_memory=args.worker.endswith("-lowmem"))
 
         def caption(batch):
             return cap.decode(cap.generate_ids(cap.preprocess(batch)))
@@ -193,10 +195,10 @@ def main() -> None:
         return
     print(f"model {args.model or args.size + ' BLIP-2 (seeded)'}; {args.images} images, batch {args.batch_size}, "
           f"{args.threads} threads, {args.max_new_tokens} new tokens")
-    print(f"{'path':10} {'captions/min':>13} {'peak RSS MB':>12} {'load s':>7} {'x speed':>8} {'x memory':>9} "
+    print(f"{'path':16} {'captions/min':>13} {'peak RSS MB':>12} {'load s':>7} {'x speed':>8} {'x memory':>9} "
           f"{'same text':>9}  imports")
     for row in rows:
-        print(f"{row['path']:10} {row['per_min']:>13.0f} {row['peak_rss_mb']:>12.0f} {row['load_s']:>7.2f} "
+        print(f"{row['path']:16} {row['per_min']:>13.0f} {row['peak_rss_mb']:>12.0f} {row['load_s']:>7.2f} "
               f"{row.get('speed_vs_torch', float('nan')):>8.2f} {row.get('memory_vs_torch', float('nan')):>9.2f} "
               f"{row.get('same_captions_as_torch', float('nan')):>9.0%}  {','.join(row['imported']) or '-'}")
 

@@ -17,7 +17,9 @@ every row is done or after ``max_new_tokens``. On the tiny test model the tokens
 
 ``threads`` sets onnxruntime's intra-op threads (default: onnxruntime's choice, all cores);
 ``batch_size`` images go through the graphs together; ``precision`` picks the fp32 graphs or the
-int8 ones when the bundle has them ("auto" prefers int8).
+int8 ones when the bundle has them ("auto" prefers int8); ``low_memory`` turns off onnxruntime's
+pre-packing of weights, so memory-mapped weights (external data) are not copied, for machines
+where memory is tighter than time.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class Captioner:
     """Greedy BLIP-2 captioning on onnxruntime from an installed bundle (``edge_client.bundle``)."""
 
     def __init__(self, bundle: Bundle, *, threads: int | None = None, batch_size: int = 8,
-                 precision: str = "auto", max_new_tokens: int | None = None):
+                 precision: str = "auto", max_new_tokens: int | None = None, low_memory: bool = False):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -104,6 +106,10 @@ class Captioner:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if low_memory:
+            # no pre-packed copies of the weights: with external data (memory-mapped) the weights
+            # then cost their file size once; matrix products get somewhat slower
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         providers = ["CPUExecutionProvider"]
         try:
             self.vision = ort.InferenceSession(str(bundle.file(graphs["vision" + suffix])), opts, providers=providers)
@@ -205,5 +211,6 @@ class Captioner:
         return out
 
     def describe(self) -> dict[str, Any]:
+        """What made the captions (goes into the payload's params)."""
         return {"captioner": self.entry.get("kind"), "precision": self.precision,
                 "max_new_tokens": self.max_new_tokens}

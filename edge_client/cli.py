@@ -108,9 +108,9 @@ class CaptionOptions:
     """How `--method captions` captions: the bundle's captioner settings and the scrubber's word list."""
 
     def __init__(self, threads: int | None = None, batch_size: int = 8, precision: str = "auto",
-                 scrub_words: str | None = None, max_new_tokens: int | None = None):
+                 scrub_words: str | None = None, max_new_tokens: int | None = None, low_memory: bool = False):
         self.threads, self.batch_size, self.precision = threads or None, batch_size, precision
-        self.scrub_words, self.max_new_tokens = scrub_words, max_new_tokens
+        self.scrub_words, self.max_new_tokens, self.low_memory = scrub_words, max_new_tokens, low_memory
 
 
 def _load_dataset(data_dir: str, dicom: bool, labels_csv: str | None):
@@ -134,7 +134,7 @@ def _captions(obj: Ctx, dataset, federation: str, classes, opts: CaptionOptions)
     scrubber = Scrubber(load_names(opts.scrub_words) if opts.scrub_words else ())
     bundle = load_bundle(cfg.home, cfg.server_keys()[1])  # MODELS error with the fix `osfl-edge models pull`
     captioner = Captioner(bundle, threads=opts.threads, batch_size=opts.batch_size, precision=opts.precision,
-                          max_new_tokens=opts.max_new_tokens)
+                          max_new_tokens=opts.max_new_tokens, low_memory=opts.low_memory)
     raw_captions = captioner.caption_files([p for p, _ in dataset.files], progress=sys.stderr.isatty())
     captions, report, log_rows = [], [], []
     for i, text in enumerate(raw_captions):
@@ -231,6 +231,8 @@ def _input_options(f):
 
 
 def _caption_options(f):
+    f = click.option("--low-memory", is_flag=True,
+                     help="captions: no pre-packed weight copies (less memory, somewhat slower)")(f)
     f = click.option("--max-new-tokens", type=click.IntRange(1, 200), default=None,
                      help="captions: longest caption in tokens (default: the bundle's)")(f)
     f = click.option("--scrub-words", type=click.Path(dir_okay=False), default=None,
@@ -256,7 +258,7 @@ def _caption_options(f):
 @click.pass_obj
 def prepare(obj: Ctx, data_dir: str, federation: str, method: str, domain: str | None, out: str,
             offline: bool, dicom: bool, labels_csv: str | None, threads: int, batch_size: int, precision: str,
-            scrub_words: str | None, max_new_tokens: int | None) -> None:
+            scrub_words: str | None, max_new_tokens: int | None, low_memory: bool) -> None:
     """Build the payload file; nothing is sent. Look at it with `osfl-edge inspect`.
 
     With --method captions every image is captioned on this machine with the pulled model bundle
@@ -264,7 +266,7 @@ def prepare(obj: Ctx, data_dir: str, federation: str, method: str, domain: str |
     """
     from .payloads import write_payload
 
-    opts = CaptionOptions(threads, batch_size, precision, scrub_words, max_new_tokens)
+    opts = CaptionOptions(threads, batch_size, precision, scrub_words, max_new_tokens, low_memory)
     payload, scrub_rows = _build_payload(obj, data_dir, federation, method, domain, offline, dicom=dicom,
                                          labels_csv=labels_csv, caption_opts=opts)
     raw = write_payload(out, payload)
@@ -307,7 +309,7 @@ def inspect_cmd(file: str, as_json: bool) -> None:
 @click.pass_obj
 def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | None, method: str,
            domain: str | None, dicom: bool, labels_csv: str | None, threads: int, batch_size: int, precision: str,
-           scrub_words: str | None, max_new_tokens: int | None) -> None:
+           scrub_words: str | None, max_new_tokens: int | None, low_memory: bool) -> None:
     """Upload a prepared payload FILE, or prepare and upload in one go with --data."""
     from tqdm import tqdm
 
@@ -318,7 +320,7 @@ def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | N
     if data_dir:
         if not federation:
             raise click.UsageError("--data needs --federation ID")
-        opts = CaptionOptions(threads, batch_size, precision, scrub_words, max_new_tokens)
+        opts = CaptionOptions(threads, batch_size, precision, scrub_words, max_new_tokens, low_memory)
         payload, scrub_rows = _build_payload(obj, data_dir, federation, method, domain, offline=False, dicom=dicom,
                                              labels_csv=labels_csv, caption_opts=opts)
         payload, raw = _keep_payload(obj.config().home, payload)

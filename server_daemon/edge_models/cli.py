@@ -35,7 +35,8 @@ def edge_models_cli() -> None:
 @click.option("--max-new-tokens", type=click.IntRange(1, 200), default=None,
               help="default caption length in tokens (default: the model's generation config, else 30)")
 @click.option("--external-data", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
-              help="ONNX external data for the weights (auto: for graphs over ~1.8 GB)")
+              help="ONNX external data for the weights (auto: graphs over 100 MB; needed over 2 GB, and "
+                   "lets sites memory-map the weights)")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="keep the bundle directory here (default: a temporary one, removed after publishing)")
 @click.option("--publish/--no-publish", default=True, show_default=True,

@@ -28,9 +28,11 @@ latent posterior (unscaled; ``scaling_factor`` is recorded).
 -> ``logits`` and pooled ``features``; BatchNorm stays in the graph (no constant folding, eval
 mode) because the server's guidance reads its running statistics.
 
-Large models: weights over ``EXTERNAL_DATA_THRESHOLD`` (or always, with ``external_data="always"``)
-are saved as ONNX external data in one ``<file>.data`` beside the graph, since a protobuf file
-cannot exceed 2 GB. ``int8=True`` adds dynamically quantised copies (onnxruntime's
+Large models: with ``external_data="auto"`` (the default) weights over ``EXTERNAL_DATA_MIN``
+(100 MB) are saved as ONNX external data in one ``<file>.data`` beside the graph ("always":
+every graph; "never": none, up to protobuf's 2 GB limit). Over 2 GB it is required; below, it
+lets onnxruntime memory-map the weights at the site instead of parsing a copy of them, which
+lowers the captioner's peak memory (see ``Captioner(low_memory=True)``). ``int8=True`` adds dynamically quantised copies (onnxruntime's
 ``quantize_dynamic``: int8 weights for every MatMul, with the exporter's Gemm layers rewritten as
 MatMul first, and for the embedding tables) of the captioner graphs.
 
@@ -55,7 +57,9 @@ from ..errors import ServerError
 log = logging.getLogger(__name__)
 
 OPSET = 17
-#: total initializer bytes above which a graph is saved with external data (protobuf's limit is 2 GiB)
+#: weights above which "auto" saves a graph with external data (memory-mapped by onnxruntime)
+EXTERNAL_DATA_MIN = 100_000_000
+#: weights above which a graph needs external data (protobuf's limit is 2 GiB)
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 EXTERNAL_DATA_MODES = ("auto", "always", "never")
 #: BLIP-2's image processor defaults (OpenAI CLIP statistics), used when a directory has none
@@ -99,8 +103,9 @@ def _finalize(tmp_dir: Path, graph_name: str, dest: Path, external_data: str) ->
     if external_data not in EXTERNAL_DATA_MODES:
         raise ExportError(f"external_data must be one of {', '.join(EXTERNAL_DATA_MODES)}; got {external_data!r}")
     src = tmp_dir / graph_name
-    big = _weights_bytes(tmp_dir) > EXTERNAL_DATA_THRESHOLD
-    external = external_data == "always" or (external_data == "auto" and big)
+    size = _weights_bytes(tmp_dir)
+    big = size > EXTERNAL_DATA_THRESHOLD
+    external = external_data == "always" or (external_data == "auto" and size > EXTERNAL_DATA_MIN)
     if big and external_data == "never":
         raise ExportError(f"{dest.name} holds more than 2 GB of weights; it needs external data "
                           f"(use external_data='auto')")
