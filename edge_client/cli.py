@@ -132,7 +132,9 @@ def _captions(obj: Ctx, dataset, federation: str, classes, opts: CaptionOptions)
 
     cfg = obj.config()
     scrubber = Scrubber(load_names(opts.scrub_words) if opts.scrub_words else ())
-    bundle = load_bundle(cfg.home, cfg.server_keys()[1])  # MODELS error with the fix `osfl-edge models pull`
+    # signature, manifest and every file's sha256 (seconds even for GBs, against minutes of captioning);
+    # MODELS error with the fix `osfl-edge models pull` when none is installed
+    bundle = load_bundle(cfg.home, cfg.server_keys()[1], full=True)
     captioner = Captioner(bundle, threads=opts.threads, batch_size=opts.batch_size, precision=opts.precision,
                           max_new_tokens=opts.max_new_tokens, low_memory=opts.low_memory)
     raw_captions = captioner.caption_files([p for p, _ in dataset.files], progress=sys.stderr.isatty())
