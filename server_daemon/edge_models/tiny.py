@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..tinymodels import _bytes_to_unicode  # GPT-2's byte table, shared with the CLIP tokenizer
+
 #: words with a whole-word token ("Ġword", GPT-2 style); other text is spelled in byte tokens
 TINY_CAPTION_WORDS = (
     "a", "an", "the", "of", "with", "on", "in", "and", "photo", "picture", "close", "up", "x", "ray",
@@ -33,19 +35,6 @@ SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 32
 NUM_QUERY_TOKENS = 8
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (the same one ByteLevel uses)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def write_opt_tokenizer_files(directory: str | os.PathLike, words: Sequence[str] = TINY_CAPTION_WORDS,
