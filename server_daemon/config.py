@@ -284,3 +284,29 @@ auto_start = {"true" if d_j.auto_start else "false"}
 # A failed job is run again (resuming where it stopped) up to this many times in all.
 max_attempts = {d_j.max_attempts}
 '''
+
+
+def set_config_keys(path: Path, section: str, values: dict) -> None:
+    """Set keys of one [section] in a config written by `osfl-server init`, keeping its comments.
+
+    Used by the demo and the simulator to tune a fresh config; raises ConfigError for a key the
+    section does not have, so a typo cannot go unnoticed.
+    """
+    import json
+
+    path = Path(path)
+    lines, current, done = path.read_text().splitlines(), None, set()
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            current = line.strip("[] ")
+        key = line.split("=", 1)[0].strip()
+        if current == section and "=" in line and not line.lstrip().startswith("#") and key in values:
+            v = values[key]
+            lines[i] = f"{key} = " + (json.dumps(v) if isinstance(v, str) else
+                                      ("true" if v is True else "false" if v is False else str(v)))
+            done.add(key)
+    missing = set(values) - done
+    if missing:
+        raise ConfigError(f"keys {sorted(missing)} not found in [{section}] of {path}")
+    path.write_text("\n".join(lines) + "\n")
+

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from server_daemon.config import set_config_keys
 from server_daemon.simulate.datasets import FASHION_CLASSES, fashion_mnist_subset, pad32
 
 CLASSES = list(FASHION_CLASSES)
@@ -105,20 +106,6 @@ def wait_ready(notify: socket.socket, proc: subprocess.Popen, timeout: float = 6
     raise SystemExit("the daemon did not report READY=1 within a minute")
 
 
-def set_keys(config: Path, section: str, values: dict) -> None:
-    """Change keys of one [section] of the config written by `osfl-server init`."""
-    lines, current = config.read_text().splitlines(), None
-    for i, line in enumerate(lines):
-        if line.startswith("["):
-            current = line.strip("[] ")
-        key = line.split("=", 1)[0].strip()
-        if current == section and "=" in line and not line.lstrip().startswith("#") and key in values:
-            v = values[key]
-            lines[i] = f"{key} = " + (f'"{v}"' if isinstance(v, str) else ("true" if v is True else
-                                                                           "false" if v is False else str(v)))
-    config.write_text("\n".join(lines) + "\n")
-
-
 def wait_done(cfg: Path, fed: str, proc: subprocess.Popen, timeout: float = 900) -> dict:
     deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
@@ -162,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = str(work / "models" / "sd-tiny")
         server(cfg, "tiny-models", str(work / "models"))
     # the small model's settings (ALGORITHMS.md): DPM-Solver, 20 steps, guidance 3, "" as negative prompt
-    set_keys(cfg, "synthesis", {"model_dir": model_dir, "scheduler": "dpm", "steps": 20, "guidance": 3.0,
+    set_config_keys(cfg, "synthesis", {"model_dir": model_dir, "scheduler": "dpm", "steps": 20, "guidance": 3.0,
                                 "negative_prompt": "", "batch_size": 100, "shard_size": 100})
-    set_keys(cfg, "training", {"arch": "tiny", "image_size": 32, "epochs": args.epochs, "batch_size": 32,
+    set_config_keys(cfg, "training", {"arch": "tiny", "image_size": 32, "epochs": args.epochs, "batch_size": 32,
                                "val_fraction": 0.2, "augment": False})
     server(cfg, "federation", "create", "demo", "--classes", ",".join(CLASSES), "--methods", "class-prompts",
            "--images-per-class", str(args.images_per_class), "--quorum", str(len(SITES)))

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from server_daemon.config import load_config
+from server_daemon.config import load_config, set_config_keys
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +53,6 @@ def write_imagefolder(root: Path, images: np.ndarray, labels: np.ndarray, classe
         d.mkdir(exist_ok=True)
         Image.fromarray(np.asarray(im)).save(d / f"{i:06d}.png", compress_level=1)
     return root
-
-
-def set_keys(config: Path, section: str, values: dict) -> None:
-    """Set keys of one [section] of the config `osfl-server init` wrote (each key appears once there)."""
-    lines, current = config.read_text().splitlines(), None
-    done = set()
-    for i, line in enumerate(lines):
-        if line.startswith("["):
-            current = line.strip("[] ")
-        key = line.split("=", 1)[0].strip()
-        if current == section and "=" in line and not line.lstrip().startswith("#") and key in values:
-            v = values[key]
-            lines[i] = f"{key} = " + (json.dumps(v) if isinstance(v, str) else
-                                      ("true" if v is True else "false" if v is False else str(v)))
-            done.add(key)
-    missing = set(values) - done
-    if missing:
-        raise SimulationError(f"keys {sorted(missing)} not found in [{section}] of {config}")
-    config.write_text("\n".join(lines) + "\n")
 
 
 class LoopbackFederation:
@@ -107,8 +88,8 @@ class LoopbackFederation:
     def __enter__(self) -> "LoopbackFederation":
         self.work.mkdir(parents=True, exist_ok=True)
         self.server_key = self.server("init", "--bind", self.endpoint).stdout.strip().splitlines()[-1]
-        set_keys(self.cfg, "synthesis", self.synthesis)
-        set_keys(self.cfg, "training", self.training)
+        set_config_keys(self.cfg, "synthesis", self.synthesis)
+        set_config_keys(self.cfg, "training", self.training)
         notify_path = self.work / "server" / "notify.sock"
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))

@@ -7,13 +7,11 @@ import os
 import signal
 import time
 
-import msgpack
 import pytest
 import zmq
 
-from edge_client.transport import Client
 from protocol import errors as E
-from protocol.envelope import decode_reply, encode_request, now_ms, pack
+from protocol.envelope import decode_reply, encode_request, now_ms
 from protocol.keys import KeyPair, decode_server_key, encode_server_key
 from protocol.payloads import encode_payload
 
