@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -84,13 +85,14 @@ def main(argv=None) -> int:
     ap.add_argument("--partitions", nargs="+", default=["dirichlet:0.01", "dirichlet:0.5", "iid"])
     ap.add_argument("--partitions-b", nargs="+", default=["dirichlet:0.01", "iid"])
     ap.add_argument("--sites", type=int, default=10)
-    ap.add_argument("--images-per-class", type=int, default=200, help="synthetic images per class (one-shot)")
-    ap.add_argument("--site-images", type=int, default=0, help="(a) cap on all sites' images (0: all 30,000)")
+    ap.add_argument("--images-per-class", type=int, default=150, help="synthetic images per class (one-shot)")
+    ap.add_argument("--site-images", type=int, default=10000,
+                    help="(a) cap on all sites' images, a stratified sample of the sites' half (0: all 30,000)")
     ap.add_argument("--test-images", type=int, default=0, help="cap on test images (0: all)")
     ap.add_argument("--rounds", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--central-epochs", type=int, default=10)
-    ap.add_argument("--oneshot-epochs", type=int, default=10)
+    ap.add_argument("--oneshot-epochs", type=int, default=40)
     ap.add_argument("--steps", type=int, default=20, help="synthesis steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     ap.add_argument("--seed", type=int, default=0)
@@ -103,23 +105,38 @@ def main(argv=None) -> int:
         args.rounds, args.central_epochs, args.oneshot_epochs = [1, 5, 10], 5, 5
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # cells of earlier runs stay in the summary unless this run measures them again
+    summary_json = out / "oneshot_vs_fedavg.json"
+    earlier = json.loads(summary_json.read_text()).get("cells", []) if summary_json.is_file() else []
     results = []
     t0 = time.monotonic()
+
+    def merged() -> list[dict]:
+        done = {(c["scenario"], c["partition"]) for c in results}
+        cells = [c for c in earlier if (c["scenario"], c["partition"]) not in done] + results
+        return sorted(cells, key=lambda c: (c["scenario"], ["dirichlet:0.01", "dirichlet:0.5", "iid"].index(c["partition"])
+                                            if c["partition"] in ("dirichlet:0.01", "dirichlet:0.5", "iid") else 9))
+
     for scenario, part, cfg in cell_configs(args):
         name = f"{scenario}-{part.replace(':', '')}"
         print(f"== ({scenario}) {cfg.dataset} {part}", flush=True)
         t = time.monotonic()
         res = run_simulation(cfg, out / name, keep_work=False)
+        shutil.rmtree(out / name / "models", ignore_errors=True)  # the exported ONNX files (re-made on demand)
         results.append({"scenario": scenario, "partition": part, "rows": res["rows"], "meta": res["meta"],
-                        "wall_s": round(time.monotonic() - t, 1)})
-        (out / "oneshot_vs_fedavg.json").write_text(json.dumps({"args": vars(args), "cells": results}, indent=2,
-                                                               default=str) + "\n")
-    table = summary_table(results)
-    meta = (f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs (shared), torch threads "
-            f"{args.threads}; {args.sites} sites; {args.images_per_class} synthetic images per class; site "
-            f"images {'all' if not args.site_images else args.site_images} (a); test images "
-            f"{'all' if not args.test_images else args.test_images}; FedAvg {args.local_epochs} local epoch(s)/round; "
-            f"total wall time {time.monotonic() - t0:.0f} s.\n")
+                        "args": vars(args), "wall_s": round(time.monotonic() - t, 1)})
+        summary_json.write_text(json.dumps({"cells": merged()}, indent=2, default=str) + "\n")
+    cells = merged()
+    table = summary_table(cells)
+    lines = []
+    for c in cells:
+        a = c.get("args", {})
+        lines.append(f"- ({c['scenario']}) {c['partition']}: {c['meta']['site_images']} site images, "
+                     f"{c['meta']['test_images']} test images, {a.get('images_per_class')} synthetic images per class, "
+                     f"one-shot {a.get('oneshot_epochs')} epochs, centralized {a.get('central_epochs')} epochs, FedAvg "
+                     f"{a.get('local_epochs')} local epoch/round; wall time {c['wall_s']:.0f} s")
+    meta = (f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs shared with other work, torch "
+            f"threads {args.threads}; {args.sites} sites.\n\n" + "\n".join(lines) + "\n")
     (out / "oneshot_vs_fedavg.md").write_text("# One-shot class prompts vs FedAvg\n\n" + table + "\n" + meta)
     print(table + "\n" + meta)
     return 0

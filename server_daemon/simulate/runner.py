@@ -56,7 +56,7 @@ class SimConfig:
     local_epochs: int = 1
     central_epochs: int = 10
     #: epochs of the server's training job on the synthetic set
-    oneshot_epochs: int = 10
+    oneshot_epochs: int = 40
     arch: str = "tiny"
     image_size: int = 32
     batch_size: int = 64
@@ -283,7 +283,8 @@ def _click_command():
     @click.option("--rounds", default="1,10,50", show_default=True, help="FedAvg rounds to report")
     @click.option("--local-epochs", default=1, show_default=True)
     @click.option("--central-epochs", default=10, show_default=True)
-    @click.option("--oneshot-epochs", default=10, show_default=True)
+    @click.option("--oneshot-epochs", default=40, show_default=True,
+                  help="epochs of the server's training job on the synthetic images")
     @click.option("--arch", default="tiny", show_default=True, type=click.Choice(["tiny", "resnet18"]))
     @click.option("--max-site-images", default=0, show_default=True, help="cap on all sites' images (0: all)")
     @click.option("--max-test-images", default=0, show_default=True, help="cap on test images (0: all)")
