@@ -9,10 +9,11 @@ same arch, image size, ImageNet normalisation, SGD settings and torch-only augme
 - :func:`run_fedavg`: R rounds; each round every site trains E local epochs from the global
   weights, then the weighted average (by number of examples) becomes the new global model.
   The averaging is Flower's ``FedAvg.aggregate_fit`` (flwr 1.41, optional extra ``osfl[fedavg]``),
-  driven in-process: Flower's Ray-based simulation engine starts a Ray cluster and one actor per
-  CPU, which on a 2-core machine shared with other work was slower than the training itself, so
-  the clients run one after another in this process and only the strategy is Flower's. Without
-  flwr the same weighted mean is computed with numpy (recorded in the result as ``impl``).
+  driven in-process: the clients train one after another in this process and only the strategy
+  is Flower's. Flower's Ray-based simulation engine (``flwr[simulation]``, Ray 2.55) was not used:
+  it starts a Ray cluster with actors per client on the machine's 2 cores, which adds process and
+  serialisation overhead and nothing to the arithmetic. Without flwr the same weighted mean is
+  computed with numpy (recorded in the result as ``impl``).
   Bytes moved = rounds x sites x (download + upload of every float32 weight and BN buffer).
 
 Models are returned in eval mode on the CPU; :func:`evaluate` scores them on tensors.
