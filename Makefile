@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml
 	    echo "no NVIDIA GPU: installing the CPU build of $(TORCH_PIN) first"; \
 	    $(PIP_INSTALL) "$(TORCH_PIN)"; \
 	fi
-	$(PIP_INSTALL) -e '.[server,dev,sim]'
+	$(PIP_INSTALL) -e '.[server,dev,sim,fedavg]'
 	@touch $@
 
 test: $(STAMP)
