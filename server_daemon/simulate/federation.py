@@ -29,6 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from server_daemon.config import load_config, set_config_keys
+from server_daemon.jobs import job_summary
+from server_daemon.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +151,28 @@ class LoopbackFederation:
         sites_s = time.monotonic() - t0
         last = ""
         deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise SimulationError(f"the daemon exited with {self.proc.returncode}; see {self._log.name}")
-            info = json.loads(self.server("status", "--json").stdout)
-            f = [x for x in info["federations"] if x["id"] == fed][0]
-            if self.verbose and f["job"] != last:
-                last = f["job"]
-                print(f"    {fed}: {f['state']}: {last}", flush=True)
-            if f["state"] in ("done", "failed"):
-                break
-            if time.monotonic() > deadline:
-                raise SimulationError(f"federation {fed} did not finish within {timeout:.0f} s")
-            time.sleep(2.0)
-        if f["state"] != "done":
-            raise SimulationError(f"federation {fed} failed: {f['job']}; see {self.work / 'server' / 'daemon.log'}")
+        # progress is read from the store in this process (SQLite WAL: a reader never blocks the
+        # daemon); `osfl-server status` shows the same rows but costs a Python start per poll
+        store = Store(load_config(self.cfg).state_dir)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise SimulationError(f"the daemon exited with {self.proc.returncode}; see {self._log.name}")
+                state = store.federation(fed).state
+                job = store.latest_job(fed)
+                line = job_summary(job) if job else ""
+                if self.verbose and line != last:
+                    last = line
+                    print(f"    {fed}: {state}: {line}", flush=True)
+                if state in ("done", "failed"):
+                    break
+                if time.monotonic() > deadline:
+                    raise SimulationError(f"federation {fed} did not finish within {timeout:.0f} s")
+                time.sleep(1.0)
+        finally:
+            store.close()
+        if state != "done":
+            raise SimulationError(f"federation {fed} failed: {last}; see {self.work / 'server' / 'daemon.log'}")
         jobs = json.loads(self.server("jobs", fed, "--json").stdout)
         stage_s = {}
         for j in jobs:
