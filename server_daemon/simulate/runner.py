@@ -5,10 +5,10 @@ Given a labelled dataset, a partition and K sites, :func:`run_simulation`:
 1. loads the sites' pool and the real test set (:func:`load_sim_data`; never overlapping, and for
    Fashion-MNIST disjoint from the half that pretrained the generator), splits the pool over the
    sites (:mod:`.partitions`) and writes each site's images as an ImageFolder;
-2. one-shot methods (``class-prompts``; ``captions`` when the edge has a captioner bundle): runs the
-   federation for real (:class:`.federation.LoopbackFederation`: daemon on loopback, sites as
-   `osfl-edge` processes, synthesis and training jobs, signed model fetched by a site), once per
-   value of ``images_per_class``;
+2. the one-shot method ``class-prompts`` (captions would need the edge model bundle pulled by every
+   site first; not wired here yet): runs the federation for real
+   (:class:`.federation.LoopbackFederation`: daemon on loopback, sites as `osfl-edge` processes,
+   synthesis and training jobs, signed model fetched by a site), once per ``images_per_class``;
 3. ``centralized``: the same classifier trained on the union of the sites' images;
 4. ``fedavg``: FedAvg (Flower's strategy, in-process; see :mod:`.baselines`) for max(rounds) rounds
    of ``local_epochs``, the global model scored after each round in ``rounds``;
@@ -39,7 +39,7 @@ from .results import write_results
 
 log = logging.getLogger(__name__)
 
-ONESHOT_METHODS = ("class-prompts", "captions")
+ONESHOT_METHODS = ("class-prompts",)
 METHODS = ONESHOT_METHODS + ("centralized", "fedavg")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "sd-fashion-tiny"
 
