@@ -41,8 +41,6 @@ from .store import Client, Store
 log = logging.getLogger(__name__)
 
 SITE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-#: states in which a site may still ask for its own status
-STATUS_STATES = ("pending", "accepted", "rejected", "revoked")
 #: kinds whose handler writes more than one statement: they run inside a savepoint
 MULTI_WRITE_KINDS = frozenset({"enroll", "upload_begin", "upload_commit"})
 
