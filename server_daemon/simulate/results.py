@@ -133,6 +133,6 @@ def line_plot(path: Path, points: Sequence[tuple[float, float]], title: str = ""
     for x, y in pts:
         px, py = xy(x, y)
         d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=COLOURS[0])
-        d.text((px + 5, py - 16), f"{y:.3f}", fill="black", font=font)
+        d.text((px + 5 if px < width - mr - 50 else px - 45, py - 16), f"{y:.3f}", fill="black", font=font)
     im.save(path)
     return path
