@@ -105,6 +105,16 @@ def _order_by_federation(counts: dict[str, int], federation_classes: list[str]) 
     return labels, [site.get(label, 0) for label in labels]
 
 
+def _labels_and_counts(dataset: ImageFolderDataset,
+                       federation_classes: list[str] | None) -> tuple[list[str], list[int]]:
+    """The payload's label map and counts: the site's classes, or the federation's order when known."""
+    _check_labels(dataset)
+    counts = dataset.counts()
+    if federation_classes is None:
+        return list(counts), list(counts.values())
+    return _order_by_federation(counts, federation_classes)
+
+
 def build_class_prompts(
     dataset: ImageFolderDataset,
     federation_id: str,
@@ -130,13 +140,7 @@ def build_class_prompts(
     if domain is not None and len(domain) > MAX_DOMAIN_CHARS:
         raise ConfigError(f"the domain text has {len(domain)} characters; at most {MAX_DOMAIN_CHARS} are allowed",
                           fix="shorten the domain description")
-    _check_labels(dataset)
-
-    counts = dataset.counts()
-    if federation_classes is None:
-        labels, values = list(counts), list(counts.values())
-    else:
-        labels, values = _order_by_federation(counts, federation_classes)
+    labels, values = _labels_and_counts(dataset, federation_classes)
 
     payload: dict[str, Any] = {
         "osfl_payload": PAYLOAD_FORMAT,
@@ -195,12 +199,7 @@ def build_captions(
     else:
         raise ConfigError("scrub_report must be the scrubber's removals per caption (one list per caption) "
                           "or their count")
-    _check_labels(dataset)
-    counts = dataset.counts()
-    if federation_classes is None:
-        labels, values = list(counts), list(counts.values())
-    else:
-        labels, values = _order_by_federation(counts, federation_classes)
+    labels, values = _labels_and_counts(dataset, federation_classes)
     position = {label: i for i, label in enumerate(labels)}
     by_norm = {_norm(label): label for label in labels}
     to_label = [position[by_norm[_norm(name)]] for name in dataset.classes]
