@@ -35,7 +35,8 @@ import msgpack
 
 from protocol import errors as PE
 from protocol.artifacts import verify_manifest
-from protocol.bundles import LATEST, MANIFEST_NAME, artifact_name, check_meta, check_version, parse_manifest
+from protocol.bundles import (LATEST, MANIFEST_NAME, artifact_name, check_meta, check_version, file_sha256,
+                              parse_manifest)
 
 from .errors import BundleError, IntegrityError
 
@@ -70,14 +71,6 @@ class Bundle:
 def models_dir(home: Path) -> Path:
     """Where bundles live: ``HOME/edge-models`` (``HOME/models`` holds fetched global models)."""
     return Path(home) / "edge-models"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -242,7 +235,7 @@ def _check(path: Path, meta: dict[str, Any], *, full: bool) -> Bundle:
             size = f.stat().st_size
         except FileNotFoundError:
             raise IntegrityError(f"edge model bundle {version}: {rel} is missing", fix=_REPULL) from None
-        if size != info["size"] or (full and _sha256(f) != info["sha256"]):
+        if size != info["size"] or (full and file_sha256(f) != info["sha256"]):
             raise IntegrityError(f"edge model bundle {version}: {rel} was changed on disk (size or sha256 differs "
                                  f"from the signed manifest)", fix=_REPULL)
     return Bundle(path, version, manifest)

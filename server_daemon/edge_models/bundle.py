@@ -22,19 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from protocol.bundles import (BUNDLE_FORMAT, LATEST, MANIFEST_NAME, META_KIND, artifact_name, check_version,
-                              dump_manifest, parse_manifest)
+                              dump_manifest, file_sha256, parse_manifest)
 
 from .export import ExportError, export_captioner, export_classifier, export_vae_encoder
 
 log = logging.getLogger(__name__)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stack_versions() -> dict[str, Any]:
@@ -63,7 +55,7 @@ def write_manifest(bundle_dir: str | os.PathLike, version: str, models: dict[str
         rel = path.relative_to(root).as_posix()
         if rel == MANIFEST_NAME:
             continue
-        files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        files[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
     manifest = {"format": BUNDLE_FORMAT, "version": version, "created_ms": int(time.time() * 1000),
                 "files": files, "models": models, "versions": versions or stack_versions()}
     (root / MANIFEST_NAME).write_bytes(dump_manifest(manifest))
