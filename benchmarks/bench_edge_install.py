@@ -179,7 +179,7 @@ def main() -> None:
         if rc != 0:
             raise SystemExit(f"osfl-edge upload failed ({rc}):\n{out[-3000:]}")
         print(out.strip().splitlines()[-1])
-        from server_daemon.store import Store
+        from server_daemon.ingest.store import Store
 
         store = Store(tmp / "server" / "state")
         try:

@@ -110,8 +110,8 @@ def client_worker(endpoint: str, server_curve: bytes, jobs: list[tuple[bytes, by
 
 
 def run_once(n_sites: int, n_messages: int, batch_max: int, workers: int) -> dict:
-    from server_daemon.config import load_config, render_config
-    from server_daemon.store import Store
+    from server_daemon.ingest.config import load_config, render_config
+    from server_daemon.ingest.store import Store
 
     with tempfile.TemporaryDirectory(prefix="osfl-bench-") as tmp:
         tmp = Path(tmp)

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     tmp = None
     model_dir = args.model_dir
     if model_dir is None:
-        from server_daemon.tinymodels import write_tiny_pipeline
+        from server_daemon.lab.tinymodels import write_tiny_pipeline
 
         tmp = tempfile.TemporaryDirectory(prefix="osfl-bench-")
         model_dir = write_tiny_pipeline(Path(tmp.name) / "tiny-sd")

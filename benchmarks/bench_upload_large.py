@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from edge_client.config import EdgeConfig, init_home  # noqa: E402
 from edge_client.transport import Client  # noqa: E402
 from protocol.keys import KeyPair, encode_server_key  # noqa: E402
-from server_daemon.config import load_config, render_config  # noqa: E402
-from server_daemon.store import Store  # noqa: E402
+from server_daemon.ingest.config import load_config, render_config  # noqa: E402
+from server_daemon.ingest.store import Store  # noqa: E402
 
 
 def free_port() -> int:

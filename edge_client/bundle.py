@@ -35,8 +35,8 @@ import msgpack
 
 from protocol import errors as PE
 from protocol.artifacts import verify_manifest
-from protocol.bundles import (LATEST, MANIFEST_NAME, artifact_name, check_meta, check_version, file_sha256,
-                              parse_manifest)
+from protocol.bundles import LATEST, MANIFEST_NAME, artifact_name, check_meta, check_version, parse_manifest
+from protocol.files import file_sha256
 
 from .errors import BundleError, IntegrityError
 

@@ -127,7 +127,7 @@ def _captions(obj: Ctx, dataset, federation: str, classes, opts: CaptionOptions)
     """Caption every image with the pulled bundle, scrub the captions, build the payload."""
     from .bundle import load_bundle
     from .captioning import Captioner
-    from .payloads import build_captions
+    from .methods.captions import build_captions
     from .scrub import Scrubber, load_names
 
     cfg = obj.config()
@@ -154,7 +154,7 @@ def _build_payload(obj: Ctx, data_dir: str, federation: str, method: str, domain
                    offline: bool, *, dicom: bool = False, labels_csv: str | None = None,
                    caption_opts: CaptionOptions | None = None) -> tuple[dict, list[dict] | None]:
     """The payload, and for captions what the scrubber removed (kept at the site, never uploaded)."""
-    from .payloads import build_class_prompts
+    from .methods.class_prompts import build_class_prompts
 
     kind = method_to_kind(method)
     if kind not in ("class_prompts", "captions"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import re
 from typing import Any
 
 import msgpack
@@ -32,12 +31,18 @@ NO_PATIENT_DATA = "No image pixels, file names or patient data are included."
 #: top-level fields every payload kind has (protocol.payloads)
 _COMMON_FIELDS = ("osfl_payload", "kind", "federation", "labels", "counts", "params", "bundle",
                   "created_ms", "data")
-#: kinds whose ``data`` this version describes fully, with the keys that ``data`` may hold
-_DESCRIBED_DATA = {"class_prompts": frozenset({"domain"}), "captions": frozenset({"captions", "scrubbed"})}
-#: a caption that mentions a file name voids the statement
-_FILE_NAME = re.compile(r"\S+\.(?:png|jpe?g|tiff?|bmp|dcm|dicom|gif|webp)\b", re.IGNORECASE)
 #: a parameter value longer than this (or not a plain value) voids the statement
 _MAX_PLAIN_CHARS = MAX_DOMAIN_CHARS
+
+
+def _method(kind: Any):
+    """The edge module of a registered kind, or None for a kind this osfl-edge cannot describe."""
+    from .methods import method
+
+    try:
+        return method(kind) if isinstance(kind, str) else None
+    except KeyError:
+        return None
 
 
 def _unpack(raw: bytes) -> Any:
@@ -112,7 +117,8 @@ def payload_summary(payload: dict[str, Any], raw: bytes) -> dict[str, Any]:
     total = sum(c for c in counts if isinstance(c, int) and not isinstance(c, bool))
 
     extra_fields = sorted(str(k) for k in content if k not in _COMMON_FIELDS)
-    allowed = _DESCRIBED_DATA.get(kind) if isinstance(kind, str) else None
+    kind_module = _method(kind)
+    allowed = kind_module.DATA_KEYS if kind_module is not None else None
     undescribed_data = sorted(str(k) for k in data if allowed is None or k not in allowed)
     matches = content == payload
     no_patient_data = (allowed is not None and not extra_fields and not undescribed_data and matches
@@ -137,46 +143,9 @@ def payload_summary(payload: dict[str, Any], raw: bytes) -> dict[str, Any]:
         "no_patient_data": no_patient_data,
         "statement": NO_PATIENT_DATA if no_patient_data else None,
     }
-    if kind == "class_prompts":
-        summary["domain"] = _jsonable(data.get("domain"))
-    if kind == "captions":
-        rows, flagged = _caption_rows(data.get("captions"), labels)
-        summary["captions"] = rows
-        summary["scrubbed"] = _jsonable(data.get("scrubbed"))
-        summary["flagged_captions"] = flagged
-        if flagged or rows is None:
-            summary["no_patient_data"] = False
-            summary["statement"] = None
+    if kind_module is not None:
+        kind_module.summarize(data, labels, summary, _jsonable)
     return summary
-
-
-def _caption_rows(captions: Any, labels: list) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
-    """Every caption with its label, and those that still look like they identify someone.
-
-    A caption is flagged when the scrubber would still remove something from it, or when it
-    mentions a file name. ``None`` rows: the captions are not the expected list of maps.
-    """
-    from .scrub import Scrubber
-
-    if not isinstance(captions, list):
-        return None, []
-    scrubber = Scrubber()
-    rows: list[dict[str, Any]] = []
-    flagged: list[dict[str, Any]] = []
-    for i, item in enumerate(captions):
-        if not (isinstance(item, dict) and set(item) == {"label_index", "caption"}
-                and isinstance(item.get("caption"), str) and isinstance(item.get("label_index"), int)):
-            return None, []
-        li, text = item["label_index"], item["caption"]
-        label = labels[li] if 0 <= li < len(labels) else None
-        rows.append({"index": i, "label_index": li, "label": _jsonable(label), "caption": text})
-        _, found = scrubber.scrub(text)
-        reasons = [f"{r.kind} {r.text!r}" for r in found]
-        if _FILE_NAME.search(text):
-            reasons.append("a file name")
-        if reasons:
-            flagged.append({"index": i, "reasons": reasons})
-    return rows, flagged
 
 
 def describe_payload(payload: dict[str, Any], raw: bytes, scrub_log: list[dict[str, Any]] | None = None) -> str:
@@ -217,11 +186,9 @@ def describe_payload(payload: dict[str, Any], raw: bytes, scrub_log: list[dict[s
     out.append(f"  ({len(labels)} label(s))")
     out.append("")
 
-    if s["kind"] == "class_prompts":
-        domain = s.get("domain")
-        field("domain", "(none)" if domain is None else json.dumps(domain, ensure_ascii=False))
-    if s["kind"] == "captions":
-        _describe_captions(s, out, scrub_log)
+    kind_module = _method(s["kind"])
+    if kind_module is not None:
+        kind_module.describe(s, out, scrub_log, field, _safe)
     if s["params"]:
         out.append("  params:")
         out += [f"    {_safe(k)} = {_safe(json.dumps(v, ensure_ascii=False, sort_keys=True))}"
@@ -244,29 +211,3 @@ def describe_payload(payload: dict[str, Any], raw: bytes, scrub_log: list[dict[s
     else:
         out.append("This report cannot vouch for the content above; check it before uploading.")
     return "\n".join(out) + "\n"
-
-
-def _describe_captions(s: dict[str, Any], out: list[str], scrub_log: list[dict[str, Any]] | None) -> None:
-    rows = s.get("captions")
-    if rows is None:
-        out.append("  captions: not the expected list of {label_index, caption} maps; review the raw data")
-        out.append("")
-        return
-    out.append(f"  captions ({len(rows)}, one per image, exactly as uploaded):")
-    width = len(str(max(len(rows) - 1, 0)))
-    for r in rows:
-        label = "?" if r["label"] is None else _safe(r["label"])
-        out.append(f"    {r['index']:>{width}}  [{label}]  {_safe(r['caption'])}")
-    out.append(f"  scrubbed:        {_safe(s.get('scrubbed'))} identifier(s) removed before this payload was written")
-    if scrub_log:
-        out.append("  removed by the scrubber (stays at this site, not in the payload):")
-        for entry in scrub_log:
-            out.append(f"    caption {_safe(entry.get('index'))}: {_safe(entry.get('kind'))} "
-                       f"{_safe(json.dumps(entry.get('text'), ensure_ascii=False))}")
-    elif scrub_log is not None:
-        out.append("  removed by the scrubber: nothing")
-    flagged = s.get("flagged_captions") or []
-    if flagged:
-        out.append("  WARNING: these captions may still identify someone; rebuild with a --scrub-words list:")
-        out += [f"    caption {f['index']}: {_safe(', '.join(f['reasons']))}" for f in flagged]
-    out.append("")

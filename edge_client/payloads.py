@@ -1,9 +1,9 @@
-"""Build a site's payload from its dataset, and write or read it as a file.
+"""What every payload kind shares at the site: labels and counts, the common fields, the file.
 
-The payload format itself (fields, limits, msgpack encoding) belongs to ``protocol.payloads``;
-this module fills it in from an ``ImageFolderDataset`` and the federation's settings, and checks
-the site's side of the agreement first so a person gets an ``EdgeError`` naming the problem
-instead of a rejection from the server.
+The payload format itself (fields, limits, msgpack encoding) belongs to ``protocol.payloads``; the
+builders of each kind are ``edge_client/methods/<kind>.py``. They use the helpers here, which check
+the site's side of the agreement first so a person gets an ``EdgeError`` naming the problem instead
+of a rejection from the server.
 
 Label order: when the federation's class list is known, the payload's ``labels`` follow the
 federation's order and carry a count of 0 for classes this site lacks, so label index *i* means
@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import errors as PE
-from protocol.payloads import (MAX_CAPTION_CHARS, MAX_DOMAIN_CHARS, MAX_LABEL_CHARS, PAYLOAD_FORMAT,
-                               decode_payload, encode_payload)
+from protocol.payloads import MAX_LABEL_CHARS, PAYLOAD_FORMAT, decode_payload, encode_payload
 
 from .dataset import ImageFolderDataset
 from .errors import ConfigError, DatasetError, FederationMismatch, PayloadFileError
@@ -41,16 +40,16 @@ def _listing(names: list[str], limit: int = _MAX_LISTED) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def _norm(name: str) -> str:
+def norm(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
 def _loose(name: str) -> str:
     """A spelling-insensitive key, only to suggest renames in error messages."""
-    return " ".join(_norm(name).casefold().replace("_", " ").replace("-", " ").split())
+    return " ".join(norm(name).casefold().replace("_", " ").replace("-", " ").split())
 
 
-def _check_common(federation_id: Any, params: Any, bundle: Any) -> dict[str, Any]:
+def check_common(federation_id: Any, params: Any, bundle: Any) -> dict[str, Any]:
     if not isinstance(federation_id, str) or not 0 < len(federation_id) <= 64:
         raise ConfigError(f"federation id must be a string of 1 to 64 characters; got {federation_id!r:.80}",
                           fix="set the federation id the operator gave you")
@@ -88,9 +87,9 @@ def _order_by_federation(counts: dict[str, int], federation_classes: list[str]) 
         raise ConfigError("every class of the federation must be a non-empty string")
     by_norm: dict[str, str] = {}
     for c in federation_classes:
-        if _norm(c) in by_norm:
+        if norm(c) in by_norm:
             raise ConfigError(f"the federation's class list names {c!r} twice; each class appears once")
-        by_norm[_norm(c)] = c
+        by_norm[norm(c)] = c
 
     unknown = [name for name in counts if name not in by_norm]
     if unknown:
@@ -105,7 +104,27 @@ def _order_by_federation(counts: dict[str, int], federation_classes: list[str]) 
     return labels, [site.get(label, 0) for label in labels]
 
 
-def _labels_and_counts(dataset: ImageFolderDataset,
+def finish_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Check a payload built here with the protocol's own rules; ``ConfigError`` naming the problem."""
+    try:
+        encode_payload(payload)  # validates, and proves the params can be packed
+    except PE.InvalidPayload as exc:
+        raise ConfigError(f"the {payload.get('kind')} payload built from these settings is not valid: "
+                          f"{exc.message}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"the method parameters cannot be encoded ({type(exc).__name__}); expected strings, "
+                          f"numbers, booleans, nil, lists and maps") from exc
+    return payload
+
+
+def payload_head(kind: str, federation_id: str, labels: list[str], counts: list[int], params: dict[str, Any],
+                 bundle: str | None) -> dict[str, Any]:
+    """The fields every kind shares, in the order of SPEC.md (``data`` is added last by the kind)."""
+    return {"osfl_payload": PAYLOAD_FORMAT, "kind": kind, "federation": federation_id, "labels": labels,
+            "counts": counts, "params": params, "bundle": bundle, "created_ms": int(time.time() * 1000)}
+
+
+def labels_and_counts(dataset: ImageFolderDataset,
                        federation_classes: list[str] | None) -> tuple[list[str], list[int]]:
     """The payload's label map and counts: the site's classes, or the federation's order when known."""
     _check_labels(dataset)
@@ -113,116 +132,6 @@ def _labels_and_counts(dataset: ImageFolderDataset,
     if federation_classes is None:
         return list(counts), list(counts.values())
     return _order_by_federation(counts, federation_classes)
-
-
-def build_class_prompts(
-    dataset: ImageFolderDataset,
-    federation_id: str,
-    *,
-    domain: str | None = None,
-    federation_classes: list[str] | None = None,
-    params: dict[str, Any] | None = None,
-    bundle: str | None = None,
-) -> dict[str, Any]:
-    """The ``class_prompts`` payload (FGL, class level) for this site: labels, counts, domain text.
-
-    ``domain`` is an optional free-text description of the images' style or modality ("dermoscopy
-    photographs"); a person types it, and ``describe_payload`` shows it before upload. When
-    ``federation_classes`` is given every class folder must be one of them (else
-    ``FederationMismatch``) and the labels follow the federation's order with 0 for missing
-    classes. Raises ``ConfigError`` for bad settings, ``DatasetError`` for an unusable class name.
-    """
-    params = _check_common(federation_id, params, bundle)
-    if domain is not None:
-        if not isinstance(domain, str):
-            raise ConfigError(f"the domain text must be a string; got {type(domain).__name__}")
-        domain = domain.strip() or None
-    if domain is not None and len(domain) > MAX_DOMAIN_CHARS:
-        raise ConfigError(f"the domain text has {len(domain)} characters; at most {MAX_DOMAIN_CHARS} are allowed",
-                          fix="shorten the domain description")
-    labels, values = _labels_and_counts(dataset, federation_classes)
-
-    payload: dict[str, Any] = {
-        "osfl_payload": PAYLOAD_FORMAT,
-        "kind": "class_prompts",
-        "federation": federation_id,
-        "labels": labels,
-        "counts": values,
-        "params": params,
-        "bundle": bundle,
-        "created_ms": int(time.time() * 1000),
-        "data": {"domain": domain},
-    }
-    try:
-        encode_payload(payload)  # validates, and proves the params can be packed
-    except PE.InvalidPayload as exc:
-        raise ConfigError(f"the payload built from these settings is not valid: {exc.message}") from None
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ConfigError(f"the method parameters cannot be encoded ({type(exc).__name__}); expected strings, "
-                          f"numbers, booleans, nil, lists and maps") from None
-    return payload
-
-
-def build_captions(
-    dataset: ImageFolderDataset,
-    captions: list[str],
-    federation_id: str,
-    *,
-    federation_classes: list[str] | None = None,
-    bundle: str | None = None,
-    scrub_report: list[list[Any]] | int | None = None,
-    params: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``captions`` payload (FGL, instance level): one caption per image with its label index.
-
-    ``captions[i]`` describes ``dataset.files[i]`` and must already be scrubbed
-    (``edge_client.scrub``); ``scrub_report`` is the scrubber's list of removals per caption (or
-    their number) and only their count goes into the payload. No file name, path or image data is
-    included. ``bundle`` is the edge model-bundle version that made the captions. Labels follow
-    the federation's class list when given, as for ``build_class_prompts``.
-    """
-    params = _check_common(federation_id, params, bundle)
-    if not isinstance(captions, (list, tuple)) or len(captions) != len(dataset.files):
-        got = len(captions) if isinstance(captions, (list, tuple)) else type(captions).__name__
-        raise ConfigError(f"one caption per image is needed: the dataset has {len(dataset.files)} image(s), "
-                          f"got {got} caption(s)")
-    for i, text in enumerate(captions):
-        if not isinstance(text, str) or len(text) > MAX_CAPTION_CHARS or not text.isprintable():
-            raise ConfigError(f"caption {i} must be printable text of at most {MAX_CAPTION_CHARS} characters "
-                              f"(tidy it with edge_client.captioning.tidy_caption)")
-    if scrub_report is None:
-        scrubbed = 0
-    elif isinstance(scrub_report, int) and not isinstance(scrub_report, bool) and scrub_report >= 0:
-        scrubbed = scrub_report
-    elif isinstance(scrub_report, (list, tuple)) and len(scrub_report) == len(captions):
-        scrubbed = sum(len(r) for r in scrub_report)
-    else:
-        raise ConfigError("scrub_report must be the scrubber's removals per caption (one list per caption) "
-                          "or their count")
-    labels, values = _labels_and_counts(dataset, federation_classes)
-    position = {label: i for i, label in enumerate(labels)}
-    by_norm = {_norm(label): label for label in labels}
-    to_label = [position[by_norm[_norm(name)]] for name in dataset.classes]
-    items = [{"label_index": to_label[idx], "caption": text} for (_, idx), text in zip(dataset.files, captions)]
-
-    payload: dict[str, Any] = {
-        "osfl_payload": PAYLOAD_FORMAT,
-        "kind": "captions",
-        "federation": federation_id,
-        "labels": labels,
-        "counts": values,
-        "params": params,
-        "bundle": bundle,
-        "created_ms": int(time.time() * 1000),
-        "data": {"captions": items, "scrubbed": scrubbed},
-    }
-    try:
-        encode_payload(payload)
-    except PE.InvalidPayload as exc:
-        raise ConfigError(f"the captions payload built here is not valid: {exc.message}") from None
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ConfigError(f"the method parameters cannot be encoded ({type(exc).__name__})") from None
-    return payload
 
 
 def write_payload(path: str | os.PathLike[str], payload: dict[str, Any]) -> bytes:

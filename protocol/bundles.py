@@ -17,7 +17,6 @@ file against the server's key long after the tar is gone.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -115,12 +114,3 @@ def check_meta(meta: Any, version: str | None = None) -> dict[str, Any]:
     if version is not None and version != LATEST and meta["version"] != version:
         raise E.MalformedBody(f"asked for bundle {version!r}, the server's signed manifest is for {meta['version']!r}")
     return meta
-
-
-def file_sha256(path: Path) -> str:
-    """The hex sha256 a manifest records for one file (both sides compute it the same way)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -56,7 +56,8 @@ class Header:
 
 @dataclass(frozen=True)
 class Request:
-    """A request whose frames parsed; ``verified`` is set once its signature checked out."""
+    """A request whose frames parsed (``parse_request``); ``open_request`` returns one only once its
+    signature, key and replay checks have passed."""
 
     version_frame: bytes
     header_bytes: bytes

@@ -17,11 +17,11 @@ import click
 from protocol.keys import KeyPair, encode_server_key
 from protocol.payloads import METHODS, method_to_kind
 
-from .config import load_config, render_config, resolve_config_path
+from .ingest.config import load_config, render_config, resolve_config_path
 from .edge_models.cli import edge_models_cli
 from .errors import ConfigError, ServerError
-from .metrics import is_alive, render_metrics
-from .store import Store
+from .ingest.metrics import is_alive, render_metrics
+from .ingest.store import Store
 
 log = logging.getLogger("osfl.server")
 
@@ -67,7 +67,29 @@ class Ctx:
         return Store(self.cfg.state_dir)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose lab commands are imported only when asked for (or when help lists them)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, str] = {}
+
+    def add_lazy_command(self, name: str, module: str) -> None:
+        """``module`` defines ``command``, the click command run as ``osfl-server NAME``."""
+        self.lazy[name] = module
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            self.add_command(importlib.import_module(self.lazy[name]).command, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", metavar="PATH", envvar="OSFL_SERVER_CONFIG",
               help="server config (TOML); default $OSFL_SERVER_CONFIG or /etc/osfl/server.toml")
 @click.pass_context
@@ -115,7 +137,7 @@ def run(obj: Ctx) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     cfg = obj.cfg
     setup_logging(cfg.server.log_level, cfg.server.log_format)
-    from .daemon import Daemon
+    from .ingest.daemon import Daemon
 
     Daemon(cfg).run()
 
@@ -300,7 +322,7 @@ def federation_show(obj: Ctx, fed_id: str, as_json: bool) -> None:
 @click.pass_obj
 def synthesize(obj: Ctx, fed_id: str) -> None:
     """Start synthesis (then training) for FED_ID now, without waiting for its quorum or deadline."""
-    from .jobs import queue_synthesis
+    from .ingest.supervisor import queue_synthesis
 
     job_id = queue_synthesis(obj.store(), fed_id)
     click.echo(f"job {job_id}: synthesis of {fed_id} queued; the running daemon starts it within a second "
@@ -313,7 +335,7 @@ def synthesize(obj: Ctx, fed_id: str) -> None:
 @click.pass_obj
 def jobs(obj: Ctx, fed_id: str | None, as_json: bool) -> None:
     """List synthesis and training jobs with their progress."""
-    from .jobs import job_summary
+    from .ingest.supervisor import job_summary
 
     rows = obj.store().jobs(fed_id)
     if as_json:
@@ -344,7 +366,7 @@ def report(obj: Ctx, fed_id: str, out: str | None) -> None:
 @click.option("--seed", default=0, show_default=True)
 def tiny_models(directory: str, seed: int) -> None:
     """Write a tiny seeded Stable Diffusion pipeline to DIRECTORY (for trials and tests, not quality)."""
-    from .tinymodels import main_write_tiny
+    from .lab.tinymodels import main_write_tiny
 
     out = main_write_tiny(directory, seed=seed)
     click.echo(f"tiny pipeline written to {out['pipeline']}; set [synthesis] model_dir to it")
@@ -373,7 +395,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     by_state: dict[str, int] = {}
     for c in store.clients():
         by_state[c.state] = by_state.get(c.state, 0) + 1
-    from .jobs import job_summary
+    from .ingest.supervisor import job_summary
 
     feds = []
     for f in store.federations():
@@ -401,13 +423,10 @@ def status(obj: Ctx, as_json: bool) -> None:
 cli.add_command(edge_models_cli, "edge-models")
 
 
-# ---- simulation: a small foundation model and simulated federations (server_daemon/pretrain.py, simulate/)
-from .pretrain import command as _pretrain_tiny  # noqa: E402  (click only; torch loads inside the command)
-
-from .simulate.runner import command as _simulate  # noqa: E402
-
-cli.add_command(_pretrain_tiny)
-cli.add_command(_simulate)
+# ---- the lab: a small foundation model and simulated federations (server_daemon/lab/). Their modules
+# load only when one of these commands runs, so `osfl-server run` never imports the simulator.
+cli.add_lazy_command("pretrain-tiny", "server_daemon.lab.pretrain")
+cli.add_lazy_command("simulate", "server_daemon.lab.simulate.runner")
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ import html
 import json
 from pathlib import Path
 
-from .config import ServerConfig
+from .ingest.config import ServerConfig
 from .errors import NotFoundError
-from .jobs import job_summary, report_dir
-from .store import Store
+from .ingest.layout import report_dir
+from .ingest.supervisor import job_summary
+from .ingest.store import Store
 
 
 def _img(path: Path, alt: str) -> str:

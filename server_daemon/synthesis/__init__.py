@@ -3,32 +3,30 @@
 Importing this package does not import torch or diffusers; ``engine`` does, and is loaded on
 first use of one of its names (``load_pipeline``, ``load_engine``, ``SynthesisEngine``, ...).
 
-Typical use by the daemon's synthesis worker::
+Typical use, as the synthesis job does (``server_daemon/jobs/synthesis.py``)::
 
-    from server_daemon.synthesis import (GenerationParams, load_engine, plan_from_payloads,
-                                         run_synthesis, write_sample_grid)
+    from server_daemon.methods import plan_from_payloads
+    from server_daemon.synthesis import GenerationParams, load_engine, run_synthesis, write_sample_grid
 
-    plan = plan_from_payloads(fed_id, {site_id: payload_map, ...}, labels=fed_labels,
+    plan = plan_from_payloads(fed_id, accepted_payloads, labels=fed_labels,
                               images_per_class=400, params=GenerationParams(steps=50, guidance=2.0))
-    job_row.plan = plan.to_json()                       # store it; SynthesisPlan.from_json() reads it back
     engine = load_engine(cfg.model_dir, device=None)    # CUDA fp16 or CPU fp32; ModelDirError if incomplete
     result = run_synthesis(plan, engine, out_dir, shard_size=256,
-                           on_progress=lambda done, total: store.set_progress(job, done, total))
+                           on_progress=lambda done, total: print(done, total))
     write_sample_grid(out_dir, report_dir / "samples.png")
+
+Plans are built by ``server_daemon.methods`` (one module per payload kind); this package runs them.
 
 API
 ---
 - ``prompts``: ``class_prompt(label, domain=None, negative=DEFAULT_NEGATIVE) -> (prompt, negative)``,
   ``instance_prompt(label, caption, negative=...) -> (prompt, negative)``, the FGL templates as constants.
-- ``spec``: ``ImageSpec(site, label_index, label, prompt, negative, seed, method, index, extra=None)``,
+- ``spec``: ``ImageSpec(site, label_index, label, prompt, negative, seed, method, index, extra=None,
+  payload=None)``,
   ``GenerationParams(scheduler=None, steps=50, guidance=2.0, height=None, width=None, batch_size=8,
   eta=0.0, save_size=None)``, ``SynthesisPlan(federation, labels, images, params)`` with
   ``to_json``/``from_json``/``fingerprint``/``counts``, and
   ``derive_seed(federation, site, label_index, index, method="") -> int``.
-- ``plans``: ``plan_from_payloads(federation, payloads, *, labels=None, images_per_class=400,
-  images_per_caption=1, params=None, negative_prompt=..., allocation="equal")``,
-  ``plan_from_class_prompts(federation, labels, sites, ...)``,
-  ``plan_from_captions(federation, site, labels, captions, *, images_per_class=None, ...)``.
 - ``engine`` (torch): ``load_pipeline(model_dir, device=None, dtype=None, *, scheduler=None,
   attention="auto", channels_last=None, variant=None, config_key="synthesis.model_dir")``,
   ``load_engine(...) -> SynthesisEngine``, ``check_model_dir(model_dir, config_key)``,
@@ -42,10 +40,9 @@ API
 - ``grid``: ``write_sample_grid(source, out_png, per_class=8, thumb=64, labels=None)``.
 - ``errors``: ``SynthesisError`` > ``ModelDirError``, ``PlanError``, ``ShardError``.
 
-What is not here yet: the ``latents`` (FedBiP), ``concepts`` (FedBiP) and ``classifier`` (FedLMG)
-payload kinds. The engine already takes what they need (start latents with custom timesteps,
-injected prompt embeddings, a gradient-enabled per-step ``guidance_fn``); their plan builders
-and guidance functions come with those payloads.
+The ``latents`` (FedBiP), ``concepts`` (FedBiP) and ``classifier`` (FedLMG) payload kinds come
+later; the engine already takes what they need (start latents with custom timesteps, injected
+prompt embeddings, a gradient-enabled per-step ``guidance_fn``).
 """
 from __future__ import annotations
 
@@ -53,7 +50,6 @@ import importlib
 from typing import Any
 
 from .errors import ModelDirError, PlanError, ShardError, SynthesisError
-from .plans import plan_from_captions, plan_from_class_prompts, plan_from_payloads
 from .prompts import DEFAULT_NEGATIVE, class_prompt, instance_prompt
 from .spec import GenerationParams, ImageSpec, SynthesisPlan, derive_seed
 
@@ -66,8 +62,7 @@ _LAZY = {
 
 __all__ = [
     "DEFAULT_NEGATIVE", "GenerationParams", "ImageSpec", "ModelDirError", "PlanError", "ShardError",
-    "SynthesisError", "SynthesisPlan", "class_prompt", "derive_seed", "instance_prompt",
-    "plan_from_captions", "plan_from_class_prompts", "plan_from_payloads", *_LAZY,
+    "SynthesisError", "SynthesisPlan", "class_prompt", "derive_seed", "instance_prompt", *_LAZY,
 ]
 
 

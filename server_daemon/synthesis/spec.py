@@ -38,8 +38,9 @@ def derive_seed(federation: str, site: str, label_index: int, index: int, method
 class ImageSpec:
     """One image to generate and everything the manifest records about it.
 
-    ``index`` counts the images of this (site, class, method); ``extra`` holds method-specific,
-    JSON-serialisable inputs (FedBiP latent pairs, FedLMG guidance settings) for later methods.
+    ``index`` counts the images of this (site, class, method); ``payload`` is the store id of the
+    payload the image came from (None for plans built without a store); ``extra`` holds
+    method-specific, JSON-serialisable inputs (FedBiP latent pairs, FedLMG guidance settings).
     """
 
     site: str
@@ -51,11 +52,13 @@ class ImageSpec:
     method: str
     index: int
     extra: dict[str, Any] | None = None
+    payload: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if d["extra"] is None:
-            del d["extra"]
+        for optional in ("extra", "payload"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from edge_client.config import init_home
 from edge_client.transport import Client
 from server_daemon.cli import cli as server_cli
-from server_daemon.config import load_config
-from server_daemon.store import Store
+from server_daemon.ingest.config import load_config
+from server_daemon.ingest.store import Store
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from edge_client.cli import main as edge_main  # noqa: E402
 from edge_client.inspect import NO_PATIENT_DATA  # noqa: E402
 from protocol.keys import KeyPair  # noqa: E402
 from protocol.payloads import decode_payload  # noqa: E402
-from server_daemon.synthesis import plan_from_payloads  # noqa: E402
+from server_daemon.methods import plan_from_payloads  # noqa: E402
 
 
 def run(home, *args) -> int:

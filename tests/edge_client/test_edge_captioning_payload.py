@@ -8,7 +8,8 @@ import pytest
 from edge_client.dataset import load_image_folder
 from edge_client.errors import ConfigError, FederationMismatch
 from edge_client.inspect import NO_PATIENT_DATA, describe_payload, payload_summary
-from edge_client.payloads import build_captions, read_payload, write_payload
+from edge_client.methods.captions import build_captions
+from edge_client.payloads import read_payload, write_payload
 from edge_client.scrub import Removal
 from protocol.payloads import decode_payload, encode_payload
 

@@ -11,7 +11,7 @@ import pytest
 from edge_client.dataset import load_image_folder
 from edge_client.errors import PayloadFileError
 from edge_client.inspect import NO_PATIENT_DATA, describe_payload, payload_summary
-from edge_client.payloads import build_class_prompts
+from edge_client.methods.class_prompts import build_class_prompts
 from protocol.payloads import encode_payload
 
 

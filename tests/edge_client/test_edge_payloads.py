@@ -11,7 +11,8 @@ import pytest
 from edge_client import exit_codes as X
 from edge_client.dataset import ImageFolderDataset, load_image_folder
 from edge_client.errors import ConfigError, DatasetError, FederationMismatch, PayloadFileError
-from edge_client.payloads import build_class_prompts, read_payload, write_payload
+from edge_client.methods.class_prompts import build_class_prompts
+from edge_client.payloads import read_payload, write_payload
 from protocol.payloads import decode_payload, encode_payload
 
 

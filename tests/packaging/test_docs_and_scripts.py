@@ -73,7 +73,7 @@ def test_makefile_has_the_targets() -> None:
     for target in ("demo", "test", "venv", "clean", "bench"):
         assert re.search(rf"^{target}:", text, re.M), f"no `make {target}`"
     assert "-m pytest" in text and "$(PYTEST_ARGS)" in text
-    assert "-m server_daemon.demo" in text
+    assert "-m server_daemon.lab.demo" in text
 
 
 @pytest.mark.skipif(MAKE is None, reason="make not installed")

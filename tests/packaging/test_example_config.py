@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from protocol.keys import KeyPair, encode_server_key
-from server_daemon.config import _SECTIONS, load_config, render_config
+from server_daemon.ingest.config import _SECTIONS, load_config, render_config
 
 from edge_client.config import init_home, load_config as load_edge_config
 
@@ -17,7 +17,7 @@ SERVER_EXAMPLE = PACKAGING / "server.example.toml"
 EDGE_EXAMPLE = PACKAGING / "edge.example.toml"
 
 # How packaging/server.example.toml was generated (regenerate after changing render_config):
-#   python -c "from server_daemon.config import render_config as r; \
+#   python -c "from server_daemon.ingest.config import render_config as r; \
 #     open('packaging/server.example.toml','w').write(r('tcp://0.0.0.0:7878', '/var/lib/osfl'))"
 EXAMPLE_ARGS = ("tcp://0.0.0.0:7878", "/var/lib/osfl")
 
@@ -44,7 +44,7 @@ def assert_every_key_commented(text: str, name: str) -> None:
 def test_server_example_is_what_render_config_writes() -> None:
     expected = render_config(*EXAMPLE_ARGS)
     assert SERVER_EXAMPLE.read_text() == expected, (
-        "packaging/server.example.toml drifted from server_daemon.config.render_config; regenerate it "
+        "packaging/server.example.toml drifted from server_daemon.ingest.config.render_config; regenerate it "
         "(see the comment at the top of this test file)")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server_daemon.config import DEFAULT_CONFIG_PATH, IngestSection
+from server_daemon.ingest.config import DEFAULT_CONFIG_PATH, IngestSection
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 UNIT = PACKAGING / "osfl-server.service"

@@ -58,7 +58,7 @@ def test_invalid_captions(p):
 
 
 def test_count_limit(monkeypatch):
-    import protocol.payloads as P
+    import protocol.methods.captions as P
 
     monkeypatch.setattr(P, "MAX_CAPTIONS", 2)
     with pytest.raises(E.InvalidPayload, match="at most 2 captions"):

@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     """A tiny StableDiffusionPipeline directory (32x32 images, DPM-Solver scheduler)."""
-    from server_daemon.tinymodels import write_tiny_pipeline
+    from server_daemon.lab.tinymodels import write_tiny_pipeline
 
     return write_tiny_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=0)
 

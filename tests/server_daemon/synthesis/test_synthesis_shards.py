@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server_daemon.synthesis import (GenerationParams, ShardError, plan_from_class_prompts, read_manifest,
-                                     run_synthesis, write_sample_grid)
+from server_daemon.methods import plan_from_class_prompts
+from server_daemon.synthesis import GenerationParams, ShardError, read_manifest, run_synthesis, write_sample_grid
 from server_daemon.synthesis.shards import MANIFEST, read_labels
 
 LABELS = ["cat", "dog", "car"]

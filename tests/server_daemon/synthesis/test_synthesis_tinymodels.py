@@ -1,4 +1,4 @@
-"""The tiny seeded models used by tests, the demo and the benchmarks (server_daemon/tinymodels.py)."""
+"""The tiny seeded models used by tests, the demo and the benchmarks (server_daemon/lab/tinymodels.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from server_daemon import tinymodels as T
+from server_daemon.lab import tinymodels as T
 
 
 def _digest(directory):

@@ -1,46 +1,31 @@
-"""The ingest daemon: a ZeroMQ ROUTER that verifies signed requests and stores payloads durably.
+"""Request handlers of the ingest daemon: policy, apart from the socket and the loop.
 
-Lifecycle (modelled on uvicorn/gunicorn): start-up (open and recover the store, load recent message
-ids, bind the CURVE socket, READY=1), main loop, drain, shutdown (STOPPING=1). The SIGTERM handler
-only sets a flag; a second SIGTERM or SIGINT exits at once.
-
-Group commit: each turn of the loop takes every request already waiting (up to ``batch_max``),
-handles them inside one transaction, COMMITs (one fsync of the WAL) and only then sends the replies.
-So no acknowledgement ever leaves before its data is on disk, and one fsync covers the whole batch.
-
-Identity comes from Ed25519 signatures on every request; CURVE encrypts the channel and
-authenticates the server to the site (its public key is pinned in the site's config). Any CURVE
-client may connect: an unsigned or unknown request gets a reply with an error code, never data.
+:class:`Handlers` turns one request's frames into its reply frames, reading and writing the store
+inside the transaction its caller opened (the daemon's loop opens one per batch: group commit).
+It holds the caches of sites and federations and the replay guard, and knows nothing of ZeroMQ,
+so tests call :meth:`Handlers.handle` directly with frames made by ``protocol.envelope``.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import re
-import signal
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-
-import zmq
 
 from protocol import errors as E
 from protocol.artifacts import check_name as check_artifact_name
 from protocol.constants import PROTOCOL_VERSION
+from protocol.files import HashingReader
 from protocol.envelope import Limits, ReplayGuard, Request, encode_reply, now_ms, open_request, unpack_body
-from protocol.keys import KeyPair
-from protocol.payloads import PAYLOAD_KINDS, decode_payload
+from protocol.ids import ID_RULE, is_id
+from protocol.payloads import PAYLOAD_KINDS, check_against_federation, decode_payload, validate_stream
 
-from . import systemd
 from .config import ServerConfig
-from .jobs import Supervisor, job_summary
-from .metrics import write_metrics
 from .store import Client, Store
+from .supervisor import job_summary
 
 log = logging.getLogger(__name__)
 
-SITE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: kinds whose handler writes more than one statement: they run inside a savepoint
 MULTI_WRITE_KINDS = frozenset({"enroll", "upload_begin", "upload_commit"})
 
@@ -63,172 +48,42 @@ class Stats:
                 "rejected": dict(self.rejected)}
 
 
-class Daemon:
-    def __init__(self, cfg: ServerConfig, keys: KeyPair | None = None):
+class Handlers:
+    """Every request kind of SPEC.md, against one store."""
+
+    def __init__(self, cfg: ServerConfig, store: Store, *, stats: Stats | None = None,
+                 guard: ReplayGuard | None = None):
         self.cfg = cfg
-        self.keys = keys or KeyPair.load(cfg.keys_dir, "server")
+        self.store = store
+        self.stats = stats or Stats()
         self.limits = Limits(max_body=cfg.limits.max_body_bytes, min_version=cfg.limits.min_protocol_version,
                              max_version=PROTOCOL_VERSION, window_s=cfg.limits.replay_window_s)
-        self.stopping = False
-        self.stats = Stats()
-        self._hb_requests = 0
+        self.guard = guard or ReplayGuard(cfg.limits.replay_window_s)
         self._clients: dict[str, Client] = {}
         self._feds: dict = {}
         self._data_version = -1
-        self.store: Store | None = None
-        self.sock: zmq.Socket | None = None
-        self.ctx: zmq.Context | None = None
-        self.guard = ReplayGuard(cfg.limits.replay_window_s)
 
-    # ---- start-up ---------------------------------------------------------------------------
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.stopping:
-            log.warning("second signal %s: exiting now", signum)
-            os._exit(1)
-        log.info("signal %s: draining, then exiting", signum)
-        self.stopping = True
-
-    def start(self) -> None:
-        self.store = Store(self.cfg.state_dir)
+    def load_recent_ids(self) -> None:
+        """After a restart: the replay guard learns the ids of the requests of the last two windows."""
         since = now_ms() - int(2 * self.cfg.limits.replay_window_s * 1000)
         self.store.prune_seen(since)
         for msg_id, created in self.store.recent_msg_ids(since):
             self.guard.add(msg_id, created)
-        self._refresh_clients()
-        self.supervisor = Supervisor(self.cfg, self.store)
-        self.supervisor.recover()
-        self.ctx = zmq.Context()
-        s = self.ctx.socket(zmq.ROUTER)
-        s.curve_server = True
-        s.curve_secretkey = self.keys.curve_secret
-        s.curve_publickey = self.keys.curve_public
-        # frames a little over the limit still get a FRAME_TOO_LARGE reply; far larger ones
-        # would cost memory, so ZeroMQ drops that connection
-        s.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.limits.max_body_bytes + (1 << 20))
-        s.setsockopt(zmq.LINGER, 2000)
-        s.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        s.setsockopt(zmq.RCVHWM, 100_000)
-        s.setsockopt(zmq.SNDHWM, 100_000)
-        s.bind(self.cfg.server.bind)
-        self.sock = s
-        self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._heartbeat("running")
-        log.info("listening on %s (protocol %d, server key fingerprint %s)", self.endpoint, PROTOCOL_VERSION,
-                 self.keys.fingerprint)
-        systemd.notify("READY=1", f"STATUS=listening on {self.endpoint}", f"MAINPID={os.getpid()}")
 
-    def _heartbeat(self, state: str) -> None:
-        with self.store.transaction():
-            self.store.heartbeat(pid=os.getpid(), bind=getattr(self, "endpoint", self.cfg.server.bind), state=state,
-                                 started_ms=self.stats.started_ms, counters=self.stats.as_dict())
-        self._last_heartbeat = time.monotonic()
-        try:
-            write_metrics(self.store, self.cfg.state_dir / "metrics.prom", self.store.daemon_info())
-        except OSError as exc:  # metrics are a convenience: never a reason to stop
-            log.warning("cannot write metrics.prom: %s", exc)
-
-    def _refresh_clients(self) -> None:
+    def refresh(self, force: bool = False) -> None:
         """Reload sites and federations when another connection (the operator's CLI) changed them."""
         version = self.store.data_version()
-        if version != self._data_version:
+        if force or version != self._data_version:
             self._clients = {c.fingerprint: c for c in self.store.clients()}
             self._feds = {f.id: f for f in self.store.federations()}
             self._data_version = version
 
-    # ---- main loop --------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """Our own writes (the supervisor's): reload the caches before the next batch."""
+        self._data_version = -1
 
-    def run(self) -> None:
-        """Serve until SIGTERM/SIGINT, then drain and shut down."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        self.start()
-        try:
-            self.serve()
-        finally:
-            self.shutdown()
-
-    def serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        watchdog = systemd.watchdog_interval_s()
-        last_watchdog = last_tick = time.monotonic()
-        batch_max = self.cfg.ingest.batch_max
-        while not self.stopping:
-            if poller.poll(200):
-                self._turn(batch_max)
-            t = time.monotonic()
-            if t - last_tick >= 1.0:
-                last_tick = t
-                try:
-                    if self.supervisor.tick():
-                        self._data_version = -1  # our own writes: reload federations next batch
-                except Exception:  # a job problem must never stop ingest
-                    log.exception("job supervisor failed; ingest goes on")
-            if watchdog and t - last_watchdog >= watchdog:
-                systemd.notify("WATCHDOG=1")
-                last_watchdog = t
-            since = t - self._last_heartbeat
-            # counters shown by `osfl-server status`: fresh within a second while busy
-            if since >= self.cfg.ingest.heartbeat_s or (since >= 1.0 and self.stats.requests != self._hb_requests):
-                self._hb_requests = self.stats.requests
-                self._heartbeat("running")
-
-    def _turn(self, batch_max: int) -> int:
-        batch = []
-        while len(batch) < batch_max:
-            try:
-                batch.append(self.sock.recv_multipart(zmq.NOBLOCK, copy=True))
-            except zmq.Again:
-                break
-        if batch:
-            self.handle_batch(batch)
-        return len(batch)
-
-    def drain(self) -> None:
-        """Answer every request already received, for at most drain_s seconds."""
-        deadline = time.monotonic() + self.cfg.ingest.drain_s
-        while time.monotonic() < deadline and self._turn(self.cfg.ingest.batch_max):
-            pass
-
-    def shutdown(self) -> None:
-        systemd.notify("STOPPING=1", "STATUS=draining")
-        if self.sock is not None:
-            self.drain()
-            self.supervisor.stop()
-            self.sock.close(linger=2000)
-            self.ctx.term()
-        if self.store is not None:
-            self._heartbeat("stopped")
-            self.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.store.close()
-        log.info("stopped after %d requests (%d stored)", self.stats.requests, self.stats.stored)
-
-    # ---- one batch: one transaction, one fsync, then the replies ------------------------------
-
-    def handle_batch(self, batch: list[list[bytes]]) -> None:
-        self._refresh_clients()
-        replies = []
-        remember: list[tuple[bytes, int]] = []
-        store = self.store
-        with store.transaction():
-            for frames in batch:
-                identity, frames = frames[0], frames[1:]
-                replies.append([identity] + self._handle_one(frames, remember))
-            if remember:
-                store.remember(remember)
-        # COMMIT has returned: everything acknowledged below is on disk
-        self.stats.batches += 1
-        self.stats.requests += len(batch)
-        send = self.sock.send_multipart
-        for r in replies:
-            try:
-                send(r, zmq.NOBLOCK)
-            except zmq.ZMQError as exc:  # the peer went away; it will retry and get an idempotent answer
-                log.debug("reply not sent: %s", exc)
-
-    def _handle_one(self, frames: list[bytes], remember: list) -> list[bytes]:
-        """One request inside the batch's transaction.
+    def handle(self, frames: list[bytes], remember: list) -> list[bytes]:
+        """One request (its frames after the ROUTER identity) inside the caller's transaction; the reply frames.
 
         Handlers check everything before they write, and the upload and chunk handlers write one
         statement last, so they need no savepoint of their own (a savepoint costs two statements
@@ -307,8 +162,8 @@ class Daemon:
     def _enroll(self, req: Request) -> dict:
         body = unpack_body(req.body)
         site, curve, name = body.get("site"), body.get("curve"), body.get("name") or ""
-        if not isinstance(site, str) or not SITE_ID_RE.match(site):
-            raise E.MalformedBody("'site' must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        if not is_id(site):
+            raise E.MalformedBody(f"'site' must be a site id: {ID_RULE}")
         if not isinstance(curve, str) or len(curve) != 40 or not isinstance(name, str) or len(name) > 200:
             raise E.MalformedBody("'curve' must be a 40-character z85 CURVE public key and 'name' at most 200 characters")
         fp = req.header.fingerprint
@@ -376,15 +231,9 @@ class Daemon:
         return {"payload_id": prior.id, "sha256": prior.sha256, "size": prior.size, "duplicate": True}
 
     def _validate_payload(self, fed, raw: bytes) -> dict:
+        """The one contract (``protocol.payloads``), the same the edge runs before upload."""
         payload = decode_payload(raw)
-        if payload["federation"] != fed.id:
-            raise E.InvalidPayload(f"the payload was built for federation {payload['federation']!r}, "
-                                   f"not {fed.id!r}; rebuild it with --federation {fed.id}")
-        self._check_kind(fed, payload["kind"])
-        unknown = [c for c in payload["labels"] if c not in fed.classes]
-        if unknown:
-            raise E.ClassNotInFederation(f"class(es) {', '.join(map(repr, unknown[:5]))} are not in federation "
-                                         f"{fed.id!r}, whose classes are {', '.join(fed.classes[:20])}")
+        check_against_federation(payload, fed)
         return payload
 
     def _upload(self, req: Request, client: Client) -> dict:
@@ -447,18 +296,32 @@ class Daemon:
         if up["offset"] != up["size"]:
             raise E.ChunkOutOfOrder(f"the server holds {up['offset']} of {up['size']} bytes; send the rest first")
         fed = self._federation(req, for_upload=True)
-        if up["size"] <= 64 * 1024 * 1024:  # validate what the server can afford to parse in one piece
-            try:
-                self._validate_payload(fed, self.store.part_path(up["upload_id"]).read_bytes())
-            except E.RequestError as err:
-                err.after_rollback = lambda: self.store.reset_upload(up["upload_id"])
-                raise
-        rel, digest = self.store.finish_upload(up["upload_id"])
-        if not rel:
-            err = E.PayloadDigestMismatch(f"the assembled payload has sha256 {digest.hex()[:16]}..., the upload "
-                                          f"announced {up['sha256'].hex()[:16]}...; upload it again")
+        try:
+            if up["federation"] != fed.id:
+                raise E.InvalidPayload(f"this upload was begun for federation {up['federation']!r}, "
+                                       f"not {fed.id!r}; commit it under the federation it was begun for")
+            # one pass over the file checks the payload while it streams (bounded memory, whatever its
+            # size: never stored unparsed) and computes its digest
+            with open(self.store.part_path(up["upload_id"]), "rb") as fh:
+                reader = HashingReader(fh)
+                try:
+                    head, invalid = validate_stream(reader), None
+                except E.InvalidPayload as exc:
+                    head, invalid = None, exc
+                digest = reader.drain()
+            if digest != up["sha256"]:
+                raise E.PayloadDigestMismatch(f"the assembled payload has sha256 {digest.hex()[:16]}..., the upload "
+                                              f"announced {up['sha256'].hex()[:16]}...; upload it again")
+            if invalid is not None:
+                raise invalid
+            if head["kind"] != up["kind"]:
+                raise E.InvalidPayload(f"the payload is a {head['kind']} payload, but its upload was begun as "
+                                       f"{up['kind']}; begin it again with its own kind")
+            check_against_federation(head, fed)
+        except E.RequestError as err:
             err.after_rollback = lambda: self.store.reset_upload(up["upload_id"])
-            raise err
+            raise
+        rel = self.store.finish_upload(up["upload_id"], digest)
         pid = self.store.insert_payload(fed.id, client.fingerprint, up["kind"], digest, up["size"],
                                         req.header.msg_id, path=rel)
         if pid is None:  # the same payload arrived in one piece meanwhile

@@ -1,45 +1,29 @@
-"""Jobs: from stored payloads to a signed global model, in worker processes.
+"""The job supervisor the daemon runs: from stored payloads to a signed global model, in worker processes.
 
 A federation moves ``open -> synthesizing -> training -> done`` (or ``failed``). Each stage is a
 row in ``jobs``; the daemon's :class:`Supervisor` starts one worker process at a time
-(``python -m server_daemon.jobs --config CFG run JOB``), so a GPU fault or an out-of-memory kill
-takes down the worker, never ingest. Workers write their progress to the store; the daemon reads
+(``python -m server_daemon.jobs --config CFG run JOB``, code in ``server_daemon/jobs/``), so a GPU
+fault or an out-of-memory kill takes down the worker, never ingest. Workers write their progress to the store; the daemon reads
 the exit code and either queues the next stage or retries (up to ``[jobs] max_attempts``, each
 attempt resuming: synthesis skips finished shards, training continues after its last epoch).
 
-Nothing here imports torch at module level; the worker imports synthesis and training on start.
+This module never imports the workers' code (it starts them by module name), nor numpy or torch.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-from protocol.payloads import decode_payload
-
-from .config import ServerConfig, load_config
+from .config import ServerConfig
+from .layout import job_dir
 from .store import Store, now_ms
 
 log = logging.getLogger(__name__)
 
 STAGES = {"synthesis": "synthesizing", "training": "training"}
-
-
-def job_dir(cfg: ServerConfig, federation: str) -> Path:
-    return cfg.state_dir / "jobs" / federation
-
-
-def report_dir(cfg: ServerConfig, federation: str) -> Path:
-    return cfg.state_dir / "reports" / federation
-
-
-def _device(name: str) -> str | None:
-    return None if name in ("", "auto") else name
 
 
 def job_summary(job: dict) -> str:
@@ -173,7 +157,7 @@ class Supervisor:
 
 def queue_synthesis(store: Store, federation: str, actor: str = "operator") -> int:
     """`osfl-server synthesize FED`: start (or restart) the pipeline for a federation now."""
-    from .errors import NotFoundError, StateError
+    from ..errors import NotFoundError, StateError
 
     fed = store.federation(federation)
     if fed is None:
@@ -187,133 +171,3 @@ def queue_synthesis(store: Store, federation: str, actor: str = "operator") -> i
     with store.transaction():
         store.set_federation_state(federation, "synthesizing", actor)
         return store.create_job(federation, "synthesis", actor)
-
-
-# ---- the worker's side --------------------------------------------------------------------------
-
-class _Progress:
-    """Writes progress to the store at most twice a second (each write is a small fsynced commit)."""
-
-    def __init__(self, store: Store, job_id: int, detail: str = ""):
-        self.store, self.job_id, self.detail, self.last = store, job_id, detail, 0.0
-
-    def __call__(self, done: int, total: int, detail: str | None = None, force: bool = False) -> None:
-        t = time.monotonic()
-        if force or t - self.last >= 0.5 or done >= total:
-            with self.store.transaction():
-                self.store.update_job(self.job_id, done=int(done), total=int(total), detail=detail or self.detail)
-            self.last = t
-
-
-def _site_names(store: Store) -> dict[str, str]:
-    return {c.fingerprint: c.site for c in store.clients()}
-
-
-def run_synthesis_job(cfg: ServerConfig, store: Store, job: dict) -> dict:
-    from .synthesis import GenerationParams, load_engine, plan_from_payloads, run_synthesis, write_sample_grid
-
-    fed = store.federation(job["federation"])
-    names = _site_names(store)
-    payloads = {names.get(p.fingerprint, p.fingerprint): decode_payload(store.payload_bytes(p.id))
-                for p in store.payloads(fed.id)}
-    syn = cfg.synthesis
-    params = GenerationParams(scheduler=syn.scheduler or None, steps=syn.steps, guidance=syn.guidance,
-                              height=syn.size or None, width=syn.size or None, batch_size=syn.batch_size,
-                              save_size=syn.save_size or None)
-    plan = plan_from_payloads(fed.id, payloads, labels=list(fed.classes), images_per_class=fed.images_per_class,
-                              params=params, negative_prompt=syn.negative_prompt)
-    progress = _Progress(store, job["id"], "loading the generator")
-    progress(0, len(plan.images), force=True)
-    engine = load_engine(syn.model_dir, device=_device(syn.device))
-    out = job_dir(cfg, fed.id) / "synthetic"
-    progress.detail = "generating images"
-    result = run_synthesis(plan, engine, out, shard_size=syn.shard_size, progress=sys.stderr.isatty(),
-                           on_progress=progress)
-    rdir = report_dir(cfg, fed.id)
-    rdir.mkdir(parents=True, exist_ok=True)
-    write_sample_grid(out, rdir / "samples.png", labels=list(fed.classes))
-    return {"images": len(plan.images), "generated": result.generated, "shards": result.shards,
-            "shards_skipped": result.shards_skipped, "sites": sorted(payloads),
-            "images_per_s": round(result.images_per_s, 2)}
-
-
-def run_training_job(cfg: ServerConfig, store: Store, job: dict) -> dict:
-    from protocol.keys import KeyPair
-
-    from .training import train_classifier
-
-    fed = store.federation(job["federation"])
-    tr = cfg.training
-    progress = _Progress(store, job["id"], "training")
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *a: stop.update(now=True))
-
-    def on_epoch_end(metrics: dict) -> bool:
-        acc = metrics.get("val_acc")
-        progress(int(metrics.get("epoch", 0)), tr.epochs, force=True,
-                 detail=f"epoch {metrics.get('epoch')}: val acc " + ("-" if acc is None else f"{acc:.3f}"))
-        return stop["now"]  # True stops after this epoch's checkpoint; the next attempt resumes
-
-    result = train_classifier(job_dir(cfg, fed.id) / "synthetic", job_dir(cfg, fed.id) / "training",
-                              arch=tr.arch, image_size=tr.image_size, epochs=tr.epochs, batch_size=tr.batch_size,
-                              lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
-                              val_fraction=tr.val_fraction, seed=tr.seed, device=_device(tr.device), augment=tr.augment,
-                              labels=list(fed.classes), progress=sys.stderr.isatty(), on_epoch_end=on_epoch_end)
-    if not result.completed:
-        raise InterruptedError("training stopped before its last epoch; it resumes on the next attempt")
-    rdir = report_dir(cfg, fed.id)
-    rdir.mkdir(parents=True, exist_ok=True)
-    if result.curves_path:
-        shutil.copyfile(result.curves_path, rdir / "curves.png")
-    if result.metrics_path:
-        shutil.copyfile(result.metrics_path, rdir / "metrics.json")
-    keys = KeyPair.load(cfg.keys_dir, "server")
-    meta = {"federation": fed.id, "labels": list(result.labels), "arch": tr.arch, "image_size": tr.image_size,
-            "epochs": tr.epochs, "best_epoch": result.best_epoch, "val_acc": result.best_val_acc,
-            "format": "onnx", "input": "pixel_values float32 NCHW RGB in [0,1]", "output": "logits"}
-    art = store.publish_artifact(f"model/{fed.id}", result.onnx_path, meta, keys.signing)
-    return {"model": f"model/{fed.id}", "sha256": art["sha256"].hex(), "size": art["size"],
-            "val_acc": result.best_val_acc, "best_epoch": result.best_epoch}
-
-
-RUNNERS = {"synthesis": run_synthesis_job, "training": run_training_job}
-
-
-def run_job(cfg: ServerConfig, job_id: int) -> int:
-    store = Store(cfg.state_dir)
-    job = store.job(job_id)
-    if job is None:
-        log.error("no job %d", job_id)
-        return 2
-    log.info("job %d: %s of federation %s (attempt %d)", job_id, job["kind"], job["federation"], job["attempts"])
-    t0 = time.monotonic()
-    try:
-        result = RUNNERS[job["kind"]](cfg, store, job)
-    except BaseException as exc:  # the worker's whole purpose is to report what went wrong
-        log.exception("job %d failed", job_id)
-        with store.transaction():
-            store.update_job(job_id, error=f"{type(exc).__name__}: {exc}"[:2000])
-        return 1
-    result["seconds"] = round(time.monotonic() - t0, 2)
-    with store.transaction():
-        store.update_job(job_id, state="done", finished_ms=now_ms(), result=result, pid=None)
-    log.info("job %d done in %.1f s", job_id, result["seconds"])
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m server_daemon.jobs", description="run one osfl job (the daemon does)")
-    ap.add_argument("--config", required=True)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("job_id", type=int)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config)
-    return run_job(cfg, args.job_id)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,10 +7,9 @@ import sys
 
 import pytest
 
-from server_daemon.synthesis import (GenerationParams, ImageSpec, PlanError, SynthesisPlan,
-                                     derive_seed, plan_from_captions, plan_from_class_prompts,
-                                     plan_from_payloads)
-from server_daemon.synthesis.plans import allocate
+from server_daemon.methods import (AcceptedPayload, allocate, plan_from_captions, plan_from_class_prompts,
+                                   plan_from_payloads)
+from server_daemon.synthesis import GenerationParams, ImageSpec, PlanError, SynthesisPlan, derive_seed
 
 LABELS = ["cat", "dog", "car"]
 
@@ -140,20 +139,44 @@ def test_proportional_allocation():
 
 @pytest.mark.parametrize("payloads, kwargs, match", [
     ({}, {}, "no payloads"),
-    ({"a": payload(federation="other")}, {}, "is for federation 'other'"),
-    ({"a": payload(kind="latents")}, {}, "cannot be synthesised yet"),
-    ({"a": payload(), "b": payload(labels=["cat", "dog", "bus"])}, {}, "federation's labels"),
-    ({"a": payload(counts=(1, 1))}, {}, "one count per label"),
-    ({"a": payload()}, {"images_per_class": None}, "only works when every site uploaded captions"),
+    ({"a": payload(kind="latents")}, {}, "has no server method"),
+    ({"a": payload()}, {"images_per_class": None}, "class_prompts has none"),
     ({"a": payload()}, {"images_per_class": -3}, "non-negative"),
-    ({"a": payload(kind="captions", data={})}, {}, "no 'captions' list"),
-    ({"a": payload(kind="captions", data={"captions": [{"label_index": 5, "caption": "x"}]})}, {}, "label_index 5"),
-    ({"a": payload(kind="captions", data={"captions": [{"label_index": 0}]})}, {}, "not a map with a 'caption'"),
     ({"a": "not a map"}, {}, "not a map"),
 ])
-def test_bad_payloads_are_refused(payloads, kwargs, match):
+def test_bad_plan_arguments_are_refused(payloads, kwargs, match):
+    """What a payload must be is the contract the daemon enforces at the ack (test_rejection_table.py);
+    the planner trusts acknowledged payloads and refuses only bad arguments of its own."""
     with pytest.raises(PlanError, match=match):
         plan_from_payloads("fed", payloads, **kwargs)
+
+
+def test_a_site_holding_a_subset_of_the_classes_is_planned_by_name():
+    """The label rule: a payload names some of the federation's classes, in any order."""
+    payloads = {"a": payload(labels=["car", "cat"], counts=(2, 1)), "b": payload(counts=(1, 1, 0))}
+    plan = plan_from_payloads("fed", payloads, labels=LABELS, images_per_class=4)
+    assert plan.counts() == [4, 4, 4]
+    cars = [s.site for s in plan.images if s.label == "car"]
+    assert cars == ["a"] * 4  # only site a holds cars
+    dogs = [s.site for s in plan.images if s.label == "dog"]
+    assert dogs == ["b"] * 4  # site a names no dogs at all
+
+
+def test_one_site_two_kinds_both_used_and_recorded():
+    """Payloads are keyed by (site, kind): a site that sent class prompts and captions loses neither."""
+    both = [AcceptedPayload("a", "class_prompts", payload(counts=(1, 1, 1)), payload_id=7),
+            AcceptedPayload("a", "captions", payload(kind="captions", counts=(2, 0, 1),
+                                                     data={"captions": CAPTIONS}), payload_id=8)]
+    plan = plan_from_payloads("fed", both, images_per_class=6)
+    by_payload = {}
+    for s in plan.images:
+        by_payload.setdefault(s.payload, set()).add(s.method)
+    assert by_payload == {7: {"class_prompts"}, 8: {"captions"}}
+    cats = [s for s in plan.images if s.label == "cat"]
+    assert sorted(s.payload for s in cats) == [7, 7, 7, 8, 8, 8]
+    assert any("sofa" in s.prompt for s in cats if s.payload == 8)
+    assert len({s.seed for s in plan.images}) == len(plan)
+    assert plan.to_dict()["images"][0]["payload"] in (7, 8)
 
 
 CAPTIONS = [
@@ -194,7 +217,7 @@ def test_mixed_kinds_share_a_class():
 
 
 def test_plans_do_not_import_torch():
-    code = ("import sys; import server_daemon.synthesis as s; "
+    code = ("import sys; import server_daemon.methods as s; "
             "s.plan_from_class_prompts('f', ['a'], {'x': None}, images_per_class=2); "
             "import server_daemon.synthesis.shards, server_daemon.synthesis.grid; "
             "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'")

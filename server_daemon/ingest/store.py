@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import NotFoundError, StateError, StoreError
+from ..errors import NotFoundError, StateError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -420,24 +420,17 @@ class Store:
         self.db.execute("UPDATE uploads SET offset=?, updated_ms=? WHERE upload_id=?", (new, now_ms(), upload_id))
         return new
 
-    def finish_upload(self, upload_id: str) -> tuple[str, bytes]:
-        """Check the assembled file's digest and move it into blobs/. Returns (relative path, sha256)."""
-        up = self.upload(upload_id)
+    def finish_upload(self, upload_id: str, sha256: bytes) -> str:
+        """Move the assembled file, whose digest the caller checked, into blobs/; its relative path."""
         part = self.part_path(upload_id)
-        h = hashlib.sha256()
         with open(part, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
             os.fsync(f.fileno())
-        digest = h.digest()
-        if digest != up["sha256"]:
-            return "", digest
-        rel = f"blobs/{digest.hex()}"
+        rel = f"blobs/{sha256.hex()}"
         os.replace(part, self.state_dir / rel)
         fsync_dir(self.blobs_dir)
         fsync_dir(self.parts_dir)
         self.db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
-        return rel, digest
+        return rel
 
     def reset_upload(self, upload_id: str) -> None:
         self.db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
