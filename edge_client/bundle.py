@@ -36,7 +36,7 @@ import msgpack
 from protocol import errors as PE
 from protocol.artifacts import verify_manifest
 from protocol.bundles import LATEST, MANIFEST_NAME, artifact_name, check_meta, check_version, parse_manifest
-from protocol.files import file_sha256
+from protocol.files import atomic_write, file_sha256
 
 from .errors import BundleError, IntegrityError
 
@@ -71,15 +71,6 @@ class Bundle:
 def models_dir(home: Path) -> Path:
     """Where bundles live: ``HOME/edge-models`` (``HOME/models`` holds fetched global models)."""
     return Path(home) / "edge-models"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def current_version(home: Path) -> str | None:
@@ -144,13 +135,13 @@ def install(tar_path: Path, home: Path, meta: dict[str, Any], signed: bytes) -> 
             log.warning("installed bundle %s fails its check (%s); installing it again", version, exc.message)
             shutil.rmtree(final)
         else:
-            _write_atomic(final / SIGNED_NAME, signed)
+            atomic_write(final / SIGNED_NAME, signed, mode=0o644)
             set_current(home, version)
             return bundle
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
     try:
         _unpack(tar_path, tmp, meta)
-        _write_atomic(tmp / SIGNED_NAME, signed)
+        atomic_write(tmp / SIGNED_NAME, signed, mode=0o644)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -213,7 +204,7 @@ def set_current(home: Path, version: str) -> None:
     check_version(version)
     root = models_dir(home)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_atomic(root / "current", (version + "\n").encode())
+    atomic_write(root / "current", version + "\n", mode=0o644)
 
 
 def _check(path: Path, meta: dict[str, Any], *, full: bool) -> Bundle:

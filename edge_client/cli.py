@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from protocol import errors as PE
-from protocol.payloads import METHODS, method_to_kind
+from protocol.payloads import METHODS, FederationTerms, check_against_federation, method_to_kind
 
 from . import exit_codes as X
 from .errors import ConfigError, EdgeError, from_protocol_error
@@ -181,15 +181,11 @@ def scrub_log_path(payload_path: str | Path) -> Path:
 
 
 def _write_scrub_log(payload_path: str | Path, rows: list[dict]) -> Path:
-    import os
+    from protocol.files import atomic_write
 
     path = scrub_log_path(payload_path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"note": "what the scrubber removed from the captions; it stays at this site", "removed": rows},
-                  f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    note = {"note": "what the scrubber removed from the captions; it stays at this site", "removed": rows}
+    atomic_write(path, json.dumps(note, ensure_ascii=False, indent=1), mode=0o600)
     return path
 
 
@@ -333,6 +329,8 @@ def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | N
         payload, raw = read_payload(file)
     fed = payload["federation"]
     with obj.client() as c:
+        # the rules the server applies before it acknowledges, run here before a byte of the payload is sent
+        check_against_federation(payload, FederationTerms.from_public(c.call("federation", federation=fed)))
         bar = tqdm(total=len(raw), unit="B", unit_scale=True, desc="upload", disable=not sys.stderr.isatty(),
                    leave=False)
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from protocol.constants import DEFAULT_CHUNK_SIZE
 from protocol.errors import BadServerKey
+from protocol.files import atomic_write
+from protocol.ids import ID_RULE, is_id
 from protocol.keys import KeyPair, decode_server_key
 
 from .errors import ConfigError
 
 HOME_ENV = "OSFL_EDGE_HOME"
-SITE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def default_home() -> Path:
@@ -76,9 +77,8 @@ def init_home(home: Path, endpoint: str, server_key: str, site_id: str | None = 
     except BadServerKey as exc:
         raise ConfigError(f"--server-key: {exc.message}") from None
     site_id = site_id or re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "site"
-    if not SITE_ID_RE.match(site_id):
-        raise ConfigError(f"--site-id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
-                          f"digit; got {site_id!r}")
+    if not is_id(site_id):
+        raise ConfigError(f"--site-id must be {ID_RULE}; got {site_id!r}")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     KeyPair.generate().save(home / "keys", "site")
     text = (f"# osfl edge (site) configuration, written by `osfl-edge init`.\n\n"
@@ -89,9 +89,7 @@ def init_home(home: Path, endpoint: str, server_key: str, site_id: str | None = 
             f"# key is refused.\nkey = {_toml_str(server_key.strip())}\n\n"
             f"[transport]\n# Seconds to wait for each reply, and how many times to retry (with backoff).\n"
             f"timeout_s = 10.0\nretries = 3\n# Bytes per chunk for large payloads.\nchunk_size = {DEFAULT_CHUNK_SIZE}\n")
-    tmp = cfg_path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, cfg_path)
+    atomic_write(cfg_path, text, mode=0o644)
     return load_config(home)
 
 
@@ -111,7 +109,7 @@ def load_config(home: Path | None = None) -> EdgeConfig:
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} is not a valid site configuration ({type(exc).__name__}: {exc}); "
                           f"compare it with what `osfl-edge init` writes") from None
-    if not SITE_ID_RE.match(cfg.site_id):
+    if not is_id(cfg.site_id):
         raise ConfigError(f"{path}: [site] id {cfg.site_id!r} is not a valid site id")
     if cfg.timeout_s <= 0 or cfg.retries < 0 or not (4096 <= cfg.chunk_size <= 4 * 1024 * 1024 - 4096):
         raise ConfigError(f"{path}: [transport] needs timeout_s > 0, retries >= 0, chunk_size 4096..4190208")

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 import unicodedata
 from pathlib import Path
 from typing import Any
 
 from protocol import errors as PE
+from protocol.files import atomic_write
 from protocol.payloads import MAX_LABEL_CHARS, PAYLOAD_FORMAT, decode_payload, encode_payload
 
 from .dataset import ImageFolderDataset
@@ -143,46 +143,18 @@ def write_payload(path: str | os.PathLike[str], payload: dict[str, Any]) -> byte
     try:
         raw = encode_payload(payload)
     except PE.InvalidPayload as exc:
-        raise PayloadFileError(f"payload not written to {path}: {exc.message}") from None
+        raise PayloadFileError(f"payload not written to {path}: {exc.message}") from exc
     except (TypeError, ValueError, OverflowError) as exc:
-        raise PayloadFileError(f"payload not written to {path}: it cannot be encoded ({type(exc).__name__})") from None
+        raise PayloadFileError(f"payload not written to {path}: it cannot be encoded ({type(exc).__name__})") from exc
 
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp_name: str | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_dir(directory)
+        atomic_write(path, raw, mode=0o600)
     except OSError as exc:
         raise PayloadFileError(f"cannot write payload file {path}: {exc.strerror or exc}",
-                               fix="check that the folder exists, this user may write to it and the disk has space") from None
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
+                               fix="check that the folder exists, this user may write to it and the disk has space"
+                               ) from exc
     log.info("wrote %s payload (%d bytes) to %s", payload.get("kind"), len(raw), path)
     return raw
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_payload(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:

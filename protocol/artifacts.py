@@ -16,14 +16,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import errors as E
+from .ids import ID_PATTERN
 
 SIGNATURE_CONTEXT_ARTIFACT = b"osfl-artifact\x00"
 #: artifact names: "model/<federation>" for a global model, "edge-bundle/<version>" for edge models
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}/[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(rf"[a-z][a-z0-9-]{{0,31}}/{ID_PATTERN}")
 
 
 def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise E.MalformedBody("an artifact name looks like 'model/<federation>' or 'edge-bundle/<version>'")
     return name
 

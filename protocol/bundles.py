@@ -23,21 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from . import errors as E
+from .ids import is_id
 
 BUNDLE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_PREFIX = "edge-bundle/"
 LATEST = "latest"
 META_KIND = "edge-bundle"
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
 #: model roles a bundle may carry
 MODEL_ROLES = ("captioner", "vae_encoder", "classifier")
 
 
 def check_version(version: Any) -> str:
     """A bundle version: 1-64 letters, digits, '.', '_' or '-'; "latest" is reserved for the alias."""
-    if not isinstance(version, str) or not VERSION_RE.match(version) or version == LATEST:
+    if not isinstance(version, str) or not is_id(version) or version == LATEST:
         raise E.MalformedBody("a bundle version is 1-64 letters, digits, '.', '_' or '-' (not 'latest')")
     return version
 
@@ -73,8 +73,8 @@ def validate_manifest(m: Any) -> dict[str, Any]:
     for path, info in files.items():
         check_relpath(path)
         need(path != MANIFEST_NAME, f"'files' must not list {MANIFEST_NAME}")
-        need(isinstance(info, dict) and isinstance(info.get("sha256"), str) and bool(_SHA_RE.match(info["sha256"]))
-             and isinstance(info.get("size"), int) and info["size"] >= 0,
+        need(isinstance(info, dict) and isinstance(info.get("sha256"), str)
+             and bool(_SHA_RE.fullmatch(info["sha256"])) and isinstance(info.get("size"), int) and info["size"] >= 0,
              f"file {path!r} needs a sha256 (64 hex digits) and a size")
     models = m.get("models")
     need(isinstance(models, dict) and models, "'models' must be a non-empty map")
@@ -107,7 +107,7 @@ def dump_manifest(m: dict[str, Any]) -> bytes:
 def check_meta(meta: Any, version: str | None = None) -> dict[str, Any]:
     """The signed artifact ``meta`` of a bundle; ``version`` when the caller asked for one."""
     ok = (isinstance(meta, dict) and meta.get("kind") == META_KIND and isinstance(meta.get("manifest_sha256"), str)
-          and bool(_SHA_RE.match(meta["manifest_sha256"])))
+          and bool(_SHA_RE.fullmatch(meta["manifest_sha256"])))
     if not ok:
         raise E.MalformedBody("the artifact is not an edge model bundle (its signed meta lacks kind or manifest_sha256)")
     check_version(meta.get("version"))

@@ -1,7 +1,6 @@
 """`osfl-server`: the operator's command line. Each command reads the config once, then acts.
 
-Exit codes: 0 success, 1 unexpected error, 2 usage, 3 configuration, 4 store, 5 not found,
-6 not allowed in the current state (server_daemon/errors.py).
+Exit codes: ``server_daemon/errors.py`` (``EXIT_CODES``; `osfl-server exit-codes` prints them).
 """
 from __future__ import annotations
 
@@ -14,12 +13,13 @@ from pathlib import Path
 
 import click
 
+from protocol.files import atomic_write
 from protocol.keys import KeyPair, encode_server_key
 from protocol.payloads import METHODS, method_to_kind
 
 from .ingest.config import load_config, render_config, resolve_config_path
 from .edge_models.cli import edge_models_cli
-from .errors import ConfigError, ServerError
+from .errors import CONFIG, EXIT_CODES, ConfigError, ServerError
 from .ingest.metrics import is_alive, render_metrics
 from .ingest.store import Store
 
@@ -108,9 +108,7 @@ def init(obj: Ctx, state_dir: str | None, bind: str) -> None:
     if path.exists():
         raise ConfigError(f"{path} already exists; edit it, or pass another --config")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(render_config(bind, state_dir or "state"))
-    os.replace(tmp, path)
+    atomic_write(path, render_config(bind, state_dir or "state"), mode=0o644)
     cfg = load_config(path)
     Store(cfg.state_dir, create=True).close()
     if not (cfg.keys_dir / "server.sign.key").exists():
@@ -245,10 +243,10 @@ def _parse_deadline(text: str | None) -> int | None:
 def federation_create(obj: Ctx, fed_id: str, classes: str | None, classes_file: str | None, methods: str,
                       images_per_class: int, quorum: int, deadline: str | None) -> None:
     """Create federation FED_ID that sites upload to."""
-    import re
+    from protocol.ids import ID_RULE, is_id
 
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", fed_id):
-        raise click.BadParameter("a federation id is 1-64 letters, digits, '.', '_' or '-'", param_hint="FED_ID")
+    if not is_id(fed_id):
+        raise click.BadParameter(f"a federation id is {ID_RULE}", param_hint="FED_ID")
     names: list[str] = []
     if classes:
         names += [c.strip() for c in classes.split(",") if c.strip()]
@@ -423,6 +421,13 @@ def status(obj: Ctx, as_json: bool) -> None:
 cli.add_command(edge_models_cli, "edge-models")
 
 
+@cli.command("exit-codes")
+def exit_codes() -> None:
+    """Print every exit code of osfl-server and what to do about it."""
+    for code, (name, text) in EXIT_CODES.items():
+        click.echo(f"{code:>3}  {name:<11} {text}")
+
+
 # ---- the lab: a small foundation model and simulated federations (server_daemon/lab/). Their modules
 # load only when one of these commands runs, so `osfl-server run` never imports the simulator.
 cli.add_lazy_command("pretrain-tiny", "server_daemon.lab.pretrain")
@@ -443,7 +448,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (FileNotFoundError, PermissionError) as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(3)
+        sys.exit(CONFIG)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
 

@@ -1,4 +1,4 @@
-"""The import rules of DESIGN.md, checked statically over every module of the three packages."""
+"""The import rules of docs/architecture.md, checked statically over every module of the three packages."""
 from __future__ import annotations
 
 import ast

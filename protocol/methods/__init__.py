@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-#: every payload kind this release implements, one per method (DESIGN.md, "Payload kinds")
+#: every payload kind this release implements, one per method (SPEC.md, "Payloads")
 PAYLOAD_KINDS = (
     "class_prompts",   # FGL, class level
     "captions",        # FGL, instance level

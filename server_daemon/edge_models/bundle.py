@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from protocol.bundles import (BUNDLE_FORMAT, LATEST, MANIFEST_NAME, META_KIND, artifact_name, check_version,
-                              dump_manifest, file_sha256, parse_manifest)
+                              dump_manifest, parse_manifest)
+from protocol.files import file_sha256
 
 from .export import ExportError, export_captioner, export_classifier, export_vae_encoder
 

@@ -68,7 +68,7 @@ def export_cmd(obj, version: str | None, blip2: str | None, vae: str | None, cla
     with tempfile.TemporaryDirectory(prefix="osfl-edge-models-") as tmp:
         sources: dict = {}
         if tiny:
-            from .tiny import write_tiny_sources
+            from ..lab.tiny_edge import write_tiny_sources  # the CLI sits above the lab: lazy, --tiny only
 
             sources = {k: str(v) for k, v in write_tiny_sources(Path(tmp) / "tiny-sources").items()}
         sources.update({k: v for k, v in (("blip2", blip2), ("vae", vae), ("classifier", classifier)) if v})

@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from protocol.files import atomic_write
+
 from .store import Store
 
 
@@ -52,9 +54,8 @@ def render_metrics(store: Store, daemon: dict | None, alive: bool) -> str:
 
 
 def write_metrics(store: Store, path: Path, daemon: dict | None) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_metrics(store, daemon, alive=bool(daemon and daemon["state"] == "running")))
-    os.replace(tmp, path)
+    # node_exporter's textfile collector reads it as another user: world-readable, like Prometheus expects
+    atomic_write(path, render_metrics(store, daemon, alive=bool(daemon and daemon["state"] == "running")), mode=0o644)
 
 
 def is_alive(daemon: dict | None, heartbeat_s: float) -> bool:

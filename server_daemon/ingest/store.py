@@ -1,6 +1,6 @@
 """The durable store: SQLite in WAL mode for state, payload blobs as files written atomically.
 
-Durability rules (DESIGN.md, "Server daemon"):
+Durability rules (docs/architecture.md, "The walk of a payload", steps 4-5):
 - ``synchronous=FULL``: a COMMIT returns only after the WAL is fsynced, so a reply sent after
   COMMIT is never ahead of the disk, even on power loss. The daemon batches many requests into one
   transaction (group commit), so one fsync covers every reply of the batch.
@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from protocol.files import fsync_dir as _fsync_dir
 
 from ..errors import NotFoundError, StateError, StoreError
 
@@ -136,11 +138,8 @@ def now_ms() -> int:
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """The store's folders must be fsynced: an error here is an error, not a shrug."""
+    _fsync_dir(path, strict=True)
 
 
 @dataclass(frozen=True)

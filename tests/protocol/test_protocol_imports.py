@@ -1,4 +1,4 @@
-"""The layering rule: ``protocol`` imports nothing of ours and nothing heavy (DESIGN.md, "Import rules")."""
+"""The layering rule: ``protocol`` imports nothing of ours and nothing heavy (docs/architecture.md, "Layers")."""
 from __future__ import annotations
 
 import ast
@@ -11,7 +11,7 @@ import protocol
 
 PACKAGE = Path(protocol.__file__).parent
 FORBIDDEN = ("edge_client", "server_daemon", "torch", "diffusers", "transformers")
-#: what protocol may import at all (SPEC.md / DESIGN.md: stdlib + msgpack + pyzmq + cryptography)
+#: what protocol may import at all (SPEC.md, docs/architecture.md: stdlib + msgpack + pyzmq + cryptography)
 THIRD_PARTY_ALLOWED = {"msgpack", "zmq", "cryptography"}
 
 
