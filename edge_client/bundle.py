@@ -158,7 +158,7 @@ def _unpack(tar_path: Path, dest: Path, meta: dict[str, Any]) -> None:
     try:
         tar = tarfile.open(tar_path, "r:")
     except tarfile.TarError as exc:
-        raise refuse(f"the download is not a tar file ({exc})") from None
+        raise refuse(f"the download is not a tar file ({exc})") from exc
     with tar:
         first = tar.next()
         if first is None or first.name != MANIFEST_NAME or not first.isfile():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import click
 
@@ -174,6 +176,23 @@ def _build_payload(obj: Ctx, data_dir: str, federation: str, method: str, domain
     return build_class_prompts(dataset, federation, domain=domain, federation_classes=classes), None
 
 
+@contextmanager
+def _byte_progress(desc: str) -> Iterator[Callable[[int, int], None]]:
+    """A byte progress bar on a terminal (none otherwise); yields the ``on_progress(done, total)`` callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
 def scrub_log_path(payload_path: str | Path) -> Path:
     """The side file with what the scrubber removed: next to the payload, readable by this user only."""
     p = Path(payload_path)
@@ -309,8 +328,6 @@ def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | N
            domain: str | None, dicom: bool, labels_csv: str | None, threads: int, batch_size: int, precision: str,
            scrub_words: str | None, max_new_tokens: int | None, low_memory: bool) -> None:
     """Upload a prepared payload FILE, or prepare and upload in one go with --data."""
-    from tqdm import tqdm
-
     from .payloads import read_payload
 
     if bool(file) == bool(data_dir):
@@ -331,16 +348,8 @@ def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | N
     with obj.client() as c:
         # the rules the server applies before it acknowledges, run here before a byte of the payload is sent
         check_against_federation(payload, FederationTerms.from_public(c.call("federation", federation=fed)))
-        bar = tqdm(total=len(raw), unit="B", unit_scale=True, desc="upload", disable=not sys.stderr.isatty(),
-                   leave=False)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-
-        try:
+        with _byte_progress("upload") as progress:
             data = c.upload(raw, fed, payload["kind"], on_progress=progress)
-        finally:
-            bar.close()
     note = " (already stored: nothing new sent)" if data.get("duplicate") else ""
     click.echo(f"uploaded {payload['kind']} to {fed}: {data['size']} bytes, payload #{data['payload_id']}, "
                f"stored durably{note}")
@@ -353,21 +362,10 @@ def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | N
 @click.pass_obj
 def fetch_model(obj: Ctx, federation: str, out: str | None) -> None:
     """Download the federation's global model: chunked, resumable, signature and digest checked first."""
-    from tqdm import tqdm
-
     cfg = obj.config()
     dest = Path(out) if out else cfg.home / "models" / f"{federation}.onnx"
-    with obj.client() as c:
-        bar = tqdm(unit="B", unit_scale=True, desc="fetch", disable=not sys.stderr.isatty(), leave=False)
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        try:
-            manifest = c.download(f"model/{federation}", dest, on_progress=progress)
-        finally:
-            bar.close()
+    with obj.client() as c, _byte_progress("fetch") as progress:
+        manifest = c.download(f"model/{federation}", dest, on_progress=progress)
     meta = manifest["meta"]
     acc = meta.get("val_acc")
     click.echo(f"model of {federation}: {dest} ({manifest['size']} bytes, sha256 {manifest['sha256'].hex()[:16]}..., "
@@ -410,22 +408,11 @@ def models() -> None:
 @click.pass_obj
 def models_pull(obj: Ctx, version: str | None) -> None:
     """Download the signed bundle (chunked, resumable), check every file, install it and use it."""
-    from tqdm import tqdm
-
     from .bundle import pull
 
     cfg = obj.config()
-    with obj.client() as c:
-        bar = tqdm(unit="B", unit_scale=True, desc="models", disable=not sys.stderr.isatty(), leave=False)
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        try:
-            bundle = pull(c, cfg.home, version, on_progress=progress)
-        finally:
-            bar.close()
+    with obj.client() as c, _byte_progress("models") as progress:
+        bundle = pull(c, cfg.home, version, on_progress=progress)
     size = sum(f["size"] for f in bundle.manifest["files"].values())
     click.echo(f"edge model bundle {bundle.version} installed in {bundle.path} ({size} bytes, signed by the server, "
                f"every file checked): {', '.join(sorted(bundle.manifest['models']))}")

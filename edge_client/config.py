@@ -50,7 +50,7 @@ class EdgeConfig:
         try:
             return KeyPair.load(self.keys_dir, "site")
         except (FileNotFoundError, PermissionError, ValueError) as exc:
-            raise ConfigError(f"cannot load the site keys: {exc}") from None
+            raise ConfigError(f"cannot load the site keys: {exc}") from exc
 
     def server_keys(self) -> tuple[bytes, bytes]:
         try:
@@ -108,7 +108,7 @@ def load_config(home: Path | None = None) -> EdgeConfig:
                          chunk_size=int(tr.get("chunk_size", DEFAULT_CHUNK_SIZE)))
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} is not a valid site configuration ({type(exc).__name__}: {exc}); "
-                          f"compare it with what `osfl-edge init` writes") from None
+                          f"compare it with what `osfl-edge init` writes") from exc
     if not is_id(cfg.site_id):
         raise ConfigError(f"{path}: [site] id {cfg.site_id!r} is not a valid site id")
     if cfg.timeout_s <= 0 or cfg.retries < 0 or not (4096 <= cfg.chunk_size <= 4 * 1024 * 1024 - 4096):

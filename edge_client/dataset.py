@@ -249,7 +249,7 @@ def open_image(path: str | os.PathLike[str], mode: str | None = "RGB") -> Image.
         raise
     except Exception as exc:
         raise UnreadableImage(f"image file {path} cannot be read ({_reason(exc)}); expected an image "
-                              f"Pillow can open") from None
+                              f"Pillow can open") from exc
     return out
 
 

@@ -86,7 +86,7 @@ def _header(path: Path):
         return pydicom.dcmread(path, defer_size="64 KB", force=False)
     except Exception as exc:
         raise UnreadableImage(f"DICOM file {path} cannot be read ({type(exc).__name__}); expected a DICOM "
-                              f"Part 10 file") from None
+                              f"Part 10 file") from exc
 
 
 def _problem(path: Path) -> str | None:
@@ -255,7 +255,7 @@ def read_dicom_image(path: str | os.PathLike) -> Image.Image:
         raise UnreadableImage(f"cannot decode the pixel data of {path} (transfer syntax {name}; "
                               f"{type(exc).__name__})",
                               fix="install a decoder for compressed DICOM (pip install pylibjpeg pylibjpeg-libjpeg), "
-                                  "or export the images uncompressed") from None
+                                  "or export the images uncompressed") from exc
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:

@@ -62,7 +62,7 @@ def load_model(path: Path, threads: int = 0):
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ConfigError(f"{path} is not a model onnxruntime can load ({type(exc).__name__})",
-                          fix="fetch the model again with `osfl-edge fetch-model`") from None
+                          fix="fetch the model again with `osfl-edge fetch-model`") from exc
     meta = sess.get_modelmeta().custom_metadata_map
     try:
         labels = json.loads(meta["osfl.labels"])

@@ -50,7 +50,7 @@ def _unpack(raw: bytes) -> Any:
         return msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:
         raise PayloadFileError(f"the payload bytes ({len(raw)} bytes) are not valid msgpack "
-                               f"({type(exc).__name__})") from None
+                               f"({type(exc).__name__})") from exc
 
 
 def _packed_size(value: Any) -> int:

@@ -142,7 +142,7 @@ def parse_header(header_bytes: bytes, version: int) -> Header:
                             max_str_len=MAX_HEADER_BYTES, max_bin_len=MAX_HEADER_BYTES,
                             max_array_len=64, max_map_len=32)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise E.MalformedHeader(f"the header is not valid msgpack ({type(exc).__name__})") from None
+        raise E.MalformedHeader(f"the header is not valid msgpack ({type(exc).__name__})") from exc
     if not isinstance(m, dict):
         raise E.MalformedHeader(f"the header must be a msgpack map; got {type(m).__name__}")
     header = Header(
@@ -268,7 +268,7 @@ def unpack_body(body: bytes, max_len: int = MAX_BODY_BYTES) -> dict[str, Any]:
         m = msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=max_len,
                             max_str_len=max_len, max_array_len=1_000_000, max_map_len=1_000_000)
     except Exception as exc:
-        raise E.MalformedBody(f"the body is not valid msgpack ({type(exc).__name__})") from None
+        raise E.MalformedBody(f"the body is not valid msgpack ({type(exc).__name__})") from exc
     if not isinstance(m, dict):
         raise E.MalformedBody(f"the body must be a msgpack map; got {type(m).__name__}")
     return m

@@ -214,7 +214,7 @@ class Store:
             # additive changes (new tables) apply to stores made by an earlier release of this schema
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the store {self.db_path}: {exc}; is it an osfl store?") from None
+            raise StoreError(f"cannot open the store {self.db_path}: {exc}; is it an osfl store?") from exc
 
     def close(self) -> None:
         self.db.close()

@@ -82,7 +82,7 @@ def check_model_dir(model_dir: str | Path, config_key: str = DEFAULT_CONFIG_KEY)
     try:
         index = json.loads(index_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelDirError(f"{index_file} is not readable JSON ({type(exc).__name__}): {fix}") from None
+        raise ModelDirError(f"{index_file} is not readable JSON ({type(exc).__name__}): {fix}") from exc
     missing: list[str] = []
     for comp, requirements in REQUIRED_COMPONENTS.items():
         if comp not in index:
@@ -205,7 +205,7 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device | None = Non
             feature_extractor=None, requires_safety_checker=False, variant=variant)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelDirError(f"could not load the Stable Diffusion pipeline from {path}: {exc}. "
-                            f"Check {config_key} points at a complete, uncorrupted local copy") from None
+                            f"Check {config_key} points at a complete, uncorrupted local copy") from exc
     finally:
         dlogging.set_verbosity(verbosity)
         if bars:
@@ -406,7 +406,7 @@ class SynthesisEngine:
         except ValueError as exc:
             hint = ("custom timesteps need a scheduler that accepts them, e.g. 'dpm'" if timesteps is not None
                     else "try more steps or another scheduler")
-            raise SynthesisError(f"scheduler {type(sched).__name__} rejected the schedule ({exc}); {hint}") from None
+            raise SynthesisError(f"scheduler {type(sched).__name__} rejected the schedule ({exc}); {hint}") from exc
 
         # 4. start latents: per-image CPU noise, or the given latents
         shape = (n, pipe.unet.config.in_channels, height // f, width // f)
