@@ -149,7 +149,7 @@ def main() -> None:
         t0 = time.perf_counter()
         sh(srv + ["edge-models", "export", "--tiny", "--int8", "--version", "bench"], cwd=ROOT)
         print(f"server: tiny edge bundle exported and published in {time.perf_counter() - t0:.1f} s")
-        sh(srv + ["federation", "create", "fedb", "--classes", "a,b", "--methods", "captions", "--quorum", "2"],
+        sh(srv + ["federation", "create", "fedb", "--classes", "a,b", "--methods", "captions", "--quorum", "2", "--all-sites"],
            cwd=ROOT)
         sock_path = tmp / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

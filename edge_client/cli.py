@@ -173,7 +173,16 @@ def _build_payload(obj: Ctx, data_dir: str, federation: str, method: str, domain
         classes = info["classes"]
     if kind == "captions":
         return _captions(obj, dataset, federation, classes, caption_opts or CaptionOptions())
-    return build_class_prompts(dataset, federation, domain=domain, federation_classes=classes), None
+    # the domain text goes through the captions' scrubber (and the site's --scrub-words list)
+    from .scrub import load_names
+
+    opts = caption_opts or CaptionOptions()
+    removed: list = []
+    payload = build_class_prompts(dataset, federation, domain=domain, federation_classes=classes,
+                                  scrub_words=load_names(opts.scrub_words) if opts.scrub_words else (),
+                                  scrub_log=removed)
+    rows = [{"index": "domain", "kind": r.kind, "text": r.text} for r in removed]
+    return payload, (rows if domain is not None else None)
 
 
 @contextmanager
@@ -203,7 +212,7 @@ def _write_scrub_log(payload_path: str | Path, rows: list[dict]) -> Path:
     from protocol.files import atomic_write
 
     path = scrub_log_path(payload_path)
-    note = {"note": "what the scrubber removed from the captions; it stays at this site", "removed": rows}
+    note = {"note": "what the scrubber removed from the payload's text; it stays at this site", "removed": rows}
     atomic_write(path, json.dumps(note, ensure_ascii=False, indent=1), mode=0o600)
     return path
 
@@ -253,7 +262,8 @@ def _caption_options(f):
     f = click.option("--max-new-tokens", type=click.IntRange(1, 200), default=None,
                      help="captions: longest caption in tokens (default: the bundle's)")(f)
     f = click.option("--scrub-words", type=click.Path(dir_okay=False), default=None,
-                     help="captions: file of names (one per line) the scrubber also removes; it never leaves the site")(f)
+                     help="captions and domain text: file of names (one per line) the scrubber also removes; it "
+                          "never leaves the site")(f)
     f = click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
                      help="captions: int8 graphs when the bundle has them (auto) or not")(f)
     f = click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
@@ -291,7 +301,8 @@ def prepare(obj: Ctx, data_dir: str, federation: str, method: str, domain: str |
                f"{sum(payload['counts'])} images in {sum(1 for n in payload['counts'] if n)} classes")
     if scrub_rows is not None:
         side = _write_scrub_log(out, scrub_rows)
-        click.echo(f"{len(scrub_rows)} identifier(s) scrubbed from the captions; what was removed is listed in "
+        what = "captions" if payload["kind"] == "captions" else "domain text"
+        click.echo(f"{len(scrub_rows)} identifier(s) scrubbed from the {what}; what was removed is listed in "
                    f"{side} (stays here)")
     click.echo(f"Check it with `osfl-edge inspect {out}`, then `osfl-edge upload {out}`.")
 
@@ -305,7 +316,7 @@ def inspect_cmd(file: str, as_json: bool) -> None:
     from .payloads import read_payload
 
     payload, raw = read_payload(file)
-    scrub_rows = _read_scrub_log(file) if payload.get("kind") == "captions" else None
+    scrub_rows = _read_scrub_log(file) if payload.get("kind") in ("captions", "class_prompts") else None
     if as_json:
         summary = payload_summary(payload, raw)
         if scrub_rows is not None:

@@ -6,8 +6,9 @@ is shown. The sentence "No image pixels, file names or patient data are included
 only for a kind whose content this version fully understands (``class_prompts``: labels, counts,
 a domain text and plain parameters; ``captions``: the same plus one caption per image, each shown)
 and only when nothing else is in the bytes; for captions also only when no caption still looks
-like an identifier to the scrubber or names a file. For any other kind, or any unexpected field,
-the report lists the raw keys with the size of each value and claims nothing.
+like an identifier to the scrubber or names a file, for class_prompts only when the domain text
+passes the scrubber again unchanged (``flagged_domain`` lists why not). For any other kind, or any
+unexpected field, the report lists the raw keys with the size of each value and claims nothing.
 
 ``describe_payload`` gives plain text for a terminal; ``payload_summary`` the same facts as a
 JSON-able map for ``--json``.

@@ -265,8 +265,10 @@ def open_request(frames: list[bytes], key_lookup: KeyLookup, guard: ReplayGuard 
 def unpack_body(body: bytes, max_len: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """Unpack a verified body that must be a msgpack map with string keys."""
     try:
+        # request bodies are small maps of scalars (a chunk's bytes aside): tight container limits,
+        # so no body can make the server build millions of objects
         m = msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=max_len,
-                            max_str_len=max_len, max_array_len=1_000_000, max_map_len=1_000_000)
+                            max_str_len=max_len, max_array_len=256, max_map_len=64, max_ext_len=0)
     except Exception as exc:
         raise E.MalformedBody(f"the body is not valid msgpack ({type(exc).__name__})") from exc
     if not isinstance(m, dict):

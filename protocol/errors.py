@@ -79,6 +79,8 @@ KeyRevoked = _err("KeyRevoked", AdmissionError, "KEY_REVOKED", 203,
                   "the operator revoked this key")
 KeyConflict = _err("KeyConflict", AdmissionError, "KEY_CONFLICT", 204,
                    "this site id is registered with a different key")
+CurveKeyMismatch = _err("CurveKeyMismatch", AdmissionError, "CURVE_KEY_MISMATCH", 205,
+                        "the connection's CURVE key is not the one this site enrolled with")
 
 UnknownFederation = _err("UnknownFederation", RequestError, "UNKNOWN_FEDERATION", 300,
                          "no federation with this id exists on the server")
@@ -102,11 +104,15 @@ FederationClosed = _err("FederationClosed", RequestError, "FEDERATION_CLOSED", 3
                         "the federation no longer takes uploads")
 NotFound = _err("NotFound", RequestError, "NOT_FOUND", 310,
                 "the requested object does not exist")
+QuotaExceeded = _err("QuotaExceeded", RequestError, "QUOTA_EXCEEDED", 311,
+                     "a limit of the server (open uploads, bytes announced, pending enrolments) is reached")
 
 InternalError = _err("InternalError", ServerError, "INTERNAL", 500,
                      "the server failed while handling the request; retry later")
 ServerDraining = _err("ServerDraining", ServerError, "SERVER_DRAINING", 501,
                       "the server is shutting down; retry later")
+DiskFull = _err("DiskFull", ServerError, "DISK_FULL", 502,
+                "the server's disk is full or below its free-space floor; nothing was stored; retry later")
 
 ServerUnreachable = _err("ServerUnreachable", TransportError, "SERVER_UNREACHABLE", 600,
                          "no answer from the server before the timeout")
@@ -121,10 +127,11 @@ ERRORS: dict[str, type[ProtocolError]] = {
     for cls in [
         MalformedFrames, FrameTooLarge, VersionUnsupported, MalformedHeader, MalformedBody,
         BadSignature, BodyDigestMismatch, TimestampOutOfWindow, ReplayedMessage, UnknownKind,
-        UnknownKey, KeyPending, KeyRejected, KeyRevoked, KeyConflict,
+        UnknownKey, KeyPending, KeyRejected, KeyRevoked, KeyConflict, CurveKeyMismatch,
         UnknownFederation, MethodNotAllowed, ClassNotInFederation, InvalidPayload, PayloadConflict,
         UploadNotFound, ChunkOutOfOrder, PayloadDigestMismatch, PayloadTooLarge, FederationClosed,
-        NotFound, InternalError, ServerDraining, ServerUnreachable, HandshakeFailed, BadServerKey,
+        NotFound, QuotaExceeded, InternalError, ServerDraining, DiskFull, ServerUnreachable, HandshakeFailed,
+        BadServerKey,
     ]
 }
 

@@ -18,8 +18,9 @@ import msgpack
 
 from . import errors as E
 from .methods import PAYLOAD_KINDS, method
-from .methods.common import (MAX_CLASSES, MAX_LABEL_CHARS, PAYLOAD_FORMAT, FederationTerms, check_field_order,
-                             check_head, require)
+from .methods.common import (FIELD_ORDER, MAX_CLASSES, MAX_EXTRA_FIELDS, MAX_LABEL_CHARS, MAX_MAP_KEYS,
+                             PAYLOAD_FORMAT, FederationTerms, check_extra_field, check_field_order, check_head,
+                             packed_size, require)
 from .methods.captions import MAX_CAPTION_CHARS, MAX_CAPTIONS
 from .methods.class_prompts import MAX_DOMAIN_CHARS
 
@@ -29,8 +30,12 @@ __all__ = ["FederationTerms", "MAX_CAPTIONS", "MAX_CAPTION_CHARS", "MAX_CLASSES"
 
 #: the CLI spelling of each method
 METHODS = {k.replace("_", "-"): k for k in PAYLOAD_KINDS}
-#: the largest single field :func:`validate_stream` reads at once (labels of 100,000 classes fit)
-STREAM_BUFFER_BYTES = 16 * 1024 * 1024
+#: the largest single field :func:`validate_stream` reads at once (labels of 100,000 classes fit): it
+#: bounds the memory a hostile payload can make the reader spend (objects are at least one byte each)
+STREAM_BUFFER_BYTES = 4 * 1024 * 1024
+#: per-container limits while decoding: no list in a payload is longer than a captions list, no map
+#: has more keys than MAX_MAP_KEYS
+_LIMITS = {"max_map_len": MAX_MAP_KEYS, "max_ext_len": 0}
 
 
 def method_to_kind(method_name: str) -> str:
@@ -47,7 +52,7 @@ def encode_payload(payload: dict[str, Any]) -> bytes:
 
 def decode_payload(raw: bytes) -> dict[str, Any]:
     try:
-        payload = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        payload = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_array_len=MAX_CAPTIONS, **_LIMITS)
     except Exception as exc:
         raise E.InvalidPayload(f"the payload is not valid msgpack ({type(exc).__name__})") from exc
     validate_payload(payload)
@@ -59,6 +64,9 @@ def validate_payload(p: Any) -> None:
     require(isinstance(p, dict), "a payload is a map")
     check_head(p, PAYLOAD_KINDS)
     check_field_order(list(p))
+    for key in p:
+        if key not in FIELD_ORDER:
+            check_extra_field(str(key), packed_size(p[key], str(key)))
     require(isinstance(p["data"], dict), "payload field 'data' must be a map")
     method(p["kind"]).validate_data(p["data"], p)
 
@@ -69,7 +77,8 @@ def validate_stream(fh: BinaryIO) -> dict[str, Any]:
     Returns the payload's head (every field but ``data``). No single field may take more than
     ``STREAM_BUFFER_BYTES``; the kind's module reads ``data`` item by item.
     """
-    u = msgpack.Unpacker(fh, raw=False, strict_map_key=True, max_buffer_size=STREAM_BUFFER_BYTES)
+    u = msgpack.Unpacker(fh, raw=False, strict_map_key=True, max_buffer_size=STREAM_BUFFER_BYTES,
+                         max_array_len=MAX_CLASSES, **_LIMITS)
     try:
         n = u.read_map_header()
     except ValueError:
@@ -78,19 +87,30 @@ def validate_stream(fh: BinaryIO) -> dict[str, Any]:
         raise E.InvalidPayload(f"the payload is not valid msgpack ({type(exc).__name__})") from exc
     head: dict[str, Any] = {}
     seen_data = False
+    extra = 0
     try:
+        require(n <= MAX_MAP_KEYS, f"the payload map has {n} fields; at most {MAX_MAP_KEYS} are allowed")
         for _ in range(n):
             key = u.unpack()
             require(isinstance(key, str), "payload field names are strings")
             if seen_data:  # only fields outside the format may follow data; they are read and ignored
                 check_field_order(["data", key])
+                start = u.tell()
                 u.skip()
+                check_extra_field(key, u.tell() - start)
+                extra += 1
+                require(extra <= MAX_EXTRA_FIELDS, f"the payload has more than {MAX_EXTRA_FIELDS} fields outside "
+                                                   f"the format")
             elif key == "data":
                 check_head(head, PAYLOAD_KINDS)
                 method(head["kind"]).stream_data(u, head)
                 seen_data = True
             else:
+                start = u.tell()
                 head[key] = u.unpack()
+                if key not in FIELD_ORDER:
+                    check_extra_field(key, u.tell() - start)
+                    extra += 1
         if not seen_data:
             check_field_order(list(head))
     except E.ProtocolError:

@@ -21,7 +21,7 @@ from .ingest.config import load_config, render_config, resolve_config_path
 from .edge_models.cli import edge_models_cli
 from .errors import CONFIG, EXIT_CODES, ConfigError, ServerError
 from .ingest.metrics import is_alive, render_metrics
-from .ingest.store import Store
+from .ingest.store import ALL_SITES, Store
 
 log = logging.getLogger("osfl.server")
 
@@ -239,14 +239,22 @@ def _parse_deadline(text: str | None) -> int | None:
 @click.option("--quorum", default=1, show_default=True, type=click.IntRange(1, 100_000),
               help="sites whose payloads start the synthesis")
 @click.option("--deadline", default=None, help="ISO date-time after which synthesis starts with what arrived")
+@click.option("--sites", default=None, help="comma-separated site ids that belong to the federation (see, upload, "
+                                            "fetch its model); they may enrol later")
+@click.option("--all-sites", is_flag=True, help="every accepted site belongs to the federation")
 @click.pass_obj
 def federation_create(obj: Ctx, fed_id: str, classes: str | None, classes_file: str | None, methods: str,
-                      images_per_class: int, quorum: int, deadline: str | None) -> None:
-    """Create federation FED_ID that sites upload to."""
+                      images_per_class: int, quorum: int, deadline: str | None, sites: str | None,
+                      all_sites: bool) -> None:
+    """Create federation FED_ID that its member sites upload to."""
     from protocol.ids import ID_RULE, is_id
 
     if not is_id(fed_id):
         raise click.BadParameter(f"a federation id is {ID_RULE}", param_hint="FED_ID")
+    members = _site_list(sites)
+    if bool(members) == all_sites:
+        raise click.UsageError("say who belongs to the federation: --sites SITE,SITE,... or --all-sites "
+                               "(every accepted site)")
     names: list[str] = []
     if classes:
         names += [c.strip() for c in classes.split(",") if c.strip()]
@@ -260,9 +268,45 @@ def federation_create(obj: Ctx, fed_id: str, classes: str | None, classes_file: 
         kinds = [method_to_kind(m.strip()) for m in methods.split(",") if m.strip()]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--methods") from None
-    fed = obj.store().create_federation(fed_id, names, kinds, images_per_class, quorum, _parse_deadline(deadline))
+    fed = obj.store().create_federation(fed_id, names, kinds, images_per_class, quorum, _parse_deadline(deadline),
+                                        members=ALL_SITES if all_sites else members)
     click.echo(f"federation {fed.id}: {len(fed.classes)} classes, methods {', '.join(fed.methods)}, "
-               f"{fed.images_per_class} images per class, quorum {fed.quorum}")
+               f"{fed.images_per_class} images per class, quorum {fed.quorum}, members {_members_text(fed)}")
+
+
+def _site_list(text: str | None) -> list[str]:
+    from protocol.ids import ID_RULE, is_id
+
+    names = [s.strip() for s in (text or "").split(",") if s.strip()]
+    bad = [n for n in names if not is_id(n)]
+    if bad:
+        raise click.BadParameter(f"{', '.join(map(repr, bad[:5]))}: a site id is {ID_RULE}", param_hint="--sites")
+    return names
+
+
+def _members_text(fed) -> str:
+    return "every accepted site" if fed.members is None else (", ".join(fed.members) or "none")
+
+
+@federation.command("members")
+@click.argument("fed_id")
+@click.option("--add", default=None, help="comma-separated site ids to admit")
+@click.option("--remove", default=None, help="comma-separated site ids to remove")
+@click.option("--all-sites", "all_sites", flag_value=True, default=None, help="open it to every accepted site")
+@click.option("--listed-only", "all_sites", flag_value=False, help="admit only the sites named (with --add)")
+@click.pass_obj
+def federation_members(obj: Ctx, fed_id: str, add: str | None, remove: str | None, all_sites: bool | None) -> None:
+    """Show or change which sites belong to FED_ID."""
+    store = obj.store()
+    if add or remove or all_sites is not None:
+        fed = store.set_members(fed_id, add=_site_list(add), remove=_site_list(remove), all_sites=all_sites)
+    else:
+        fed = store.federation(fed_id)
+        if fed is None:
+            from .errors import NotFoundError
+
+            raise NotFoundError(f"no federation {fed_id!r}; `osfl-server federation list` shows them")
+    click.echo(f"members of {fed.id}: {_members_text(fed)}")
 
 
 @federation.command("list")
@@ -304,6 +348,7 @@ def federation_show(obj: Ctx, fed_id: str, as_json: bool) -> None:
     click.echo(f"federation   {f.id}  ({f.state})")
     click.echo(f"classes      {len(f.classes)}: {', '.join(f.classes)}")
     click.echo(f"methods      {', '.join(f.methods)}")
+    click.echo(f"members      {_members_text(f)}")
     click.echo(f"images/class {f.images_per_class}")
     click.echo(f"quorum       {store.count_sites(f.id)} of {f.quorum} sites" +
                (f", deadline {_fmt_ms(f.deadline_ms)}" if f.deadline_ms else ""))
@@ -416,6 +461,87 @@ def status(obj: Ctx, as_json: bool) -> None:
     for f in feds:
         click.echo(f"federation   {f['id']}: {f['state']}, {f['received']}/{f['quorum']} sites uploaded"
                    + (f"; {f['job']}" if f["job"] else "") + ("; model published" if f["model"] else ""))
+
+
+# ---- maintenance: verify the stored bytes, back up while the daemon runs (ingest/maintenance.py) ----
+
+def _progress(label: str):
+    """A tqdm bar on stderr (only on a terminal) fed with (bytes done, bytes total); close() ends it."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=label, unit="B", unit_scale=True, file=sys.stderr, disable=None, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)  # tqdm redraws at most every 0.1 s
+
+    return update, bar
+
+
+def _print_verify(report) -> None:
+    click.echo(report.summary())
+    for problem in report.database:
+        click.echo(f"DATABASE  {problem}")
+    for d in report.damaged:
+        click.echo(f"DAMAGED   {d.line()}")
+
+
+@cli.command("verify-store")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="verify this store (a backup, say) instead of the config's [server] state_dir")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def verify_store_cmd(obj: Ctx, state_dir: str | None, as_json: bool) -> None:
+    """Re-hash every payload and artifact, check the SQLite file; exit 4 (STORE) listing any damage.
+
+    Read-only: safe while the daemon runs.
+    """
+    from .ingest.maintenance import verify_store
+
+    update, bar = _progress("verify-store")
+    try:
+        report = verify_store(Path(state_dir) if state_dir else obj.cfg.state_dir, progress=update)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_verify(report)
+    if not report.clean:
+        raise report.failure()
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--with-keys", is_flag=True, help="copy the server's secret keys too (keys/, modes kept)")
+@click.option("--force", is_flag=True, help="overwrite a store already in DEST")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def backup(obj: Ctx, dest: str, with_keys: bool, force: bool, as_json: bool) -> None:
+    """Copy the store into DEST while the daemon runs (database, blobs, artifacts), then verify the copy.
+
+    Restore: stop the daemon and point [server] state_dir at DEST (or copy DEST back).
+    """
+    from .ingest.maintenance import backup_store, human_bytes
+
+    update, bar = _progress("backup")
+    try:
+        r = backup_store(obj.cfg.state_dir, Path(dest), with_keys=with_keys, force=force, progress=update)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+    else:
+        click.echo(f"backup of {r.source} in {r.dest}:")
+        click.echo(f"  database   osfl.sqlite3, {human_bytes(r.database_bytes)} (online backup)")
+        click.echo(f"  blobs      {r.blobs} files, {human_bytes(r.blobs_bytes)}")
+        click.echo(f"  artifacts  {r.artifacts} files, {human_bytes(r.artifacts_bytes)}")
+        click.echo(f"  keys       " + (", ".join(r.keys) if r.keys else "not copied (--with-keys copies them)"))
+        for rel in r.missing:
+            click.echo(f"  MISSING    {rel} (named by the database, absent from the store)")
+        _print_verify(r.verify)
+    if not r.verify.clean:
+        raise r.verify.failure()
 
 
 cli.add_command(edge_models_cli, "edge-models")

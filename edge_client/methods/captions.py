@@ -73,6 +73,17 @@ def build_captions(
 build = build_captions
 
 
+def text_flags(text: str, scrubber) -> list[str]:
+    """Why ``text`` (a caption, a domain text) may still identify someone: what ``scrubber`` would
+    still remove, a file name, control or bidirectional-override characters; ``[]`` when none."""
+    reasons = [f"{r.kind} {r.text!r}" for r in scrubber.scrub(text)[1]]
+    if _FILE_NAME.search(text):
+        reasons.append("a file name")
+    if not text.isprintable():
+        reasons.append("control or bidirectional characters")
+    return reasons
+
+
 def caption_rows(captions: Any, labels: list, jsonable) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
     """Every caption with its label, and those that still look like they identify someone.
 
@@ -93,10 +104,7 @@ def caption_rows(captions: Any, labels: list, jsonable) -> tuple[list[dict[str, 
         li, text = item["label_index"], item["caption"]
         label = labels[li] if 0 <= li < len(labels) else None
         rows.append({"index": i, "label_index": li, "label": jsonable(label), "caption": text})
-        _, found = scrubber.scrub(text)
-        reasons = [f"{r.kind} {r.text!r}" for r in found]
-        if _FILE_NAME.search(text):
-            reasons.append("a file name")
+        reasons = text_flags(text, scrubber)
         if reasons:
             flagged.append({"index": i, "reasons": reasons})
     return rows, flagged

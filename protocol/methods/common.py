@@ -12,12 +12,21 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import msgpack
+
 from .. import errors as E
 from ..ids import ID_RULE, is_id
 
 PAYLOAD_FORMAT = 1
 MAX_LABEL_CHARS = 128
 MAX_CLASSES = 100_000
+#: packed size of ``params`` at most: a method's parameters are a few settings, never data
+MAX_PARAMS_BYTES = 4096
+#: fields outside the format: each at most this packed size, and at most this many
+MAX_EXTRA_FIELD_BYTES = 1024
+MAX_EXTRA_FIELDS = 16
+#: maps inside a payload have at most this many keys (the payload map, data, params, caption items)
+MAX_MAP_KEYS = 64
 #: the fields of the format, in the order the edge writes them; ``data`` must follow the others
 FIELD_ORDER = ("osfl_payload", "kind", "federation", "labels", "counts", "params", "bundle", "created_ms", "data")
 
@@ -51,7 +60,7 @@ class FederationTerms:
 def check_head(head: Mapping[str, Any], kinds: Sequence[str]) -> None:
     """The fields before ``data``: format, kind, federation id, labels, counts, params, bundle."""
     require(isinstance(head, Mapping), "a payload is a map")
-    require(head.get("osfl_payload") == PAYLOAD_FORMAT,
+    require(is_int(head.get("osfl_payload")) and head.get("osfl_payload") == PAYLOAD_FORMAT,
             f"payload format {head.get('osfl_payload')!r} is not {PAYLOAD_FORMAT}; rebuild it with this osfl")
     kind = head.get("kind")
     require(kind in kinds, f"payload kind {kind!r} is not one of {', '.join(kinds)}")
@@ -66,8 +75,29 @@ def check_head(head: Mapping[str, Any], kinds: Sequence[str]) -> None:
     require(isinstance(counts, list) and len(counts) == len(labels) and all(is_int(c) and c >= 0 for c in counts),
             "payload field 'counts' must hold one non-negative integer per label")
     require(isinstance(head.get("params", {}), dict), "payload field 'params' must be a map")
+    require(packed_size(head.get("params", {})) <= MAX_PARAMS_BYTES,
+            f"payload field 'params' takes more than {MAX_PARAMS_BYTES} bytes; method parameters are settings, not data")
+    extra = [k for k in head if k not in FIELD_ORDER]
+    require(len(extra) <= MAX_EXTRA_FIELDS, f"the payload has {len(extra)} fields outside the format; at most "
+                                            f"{MAX_EXTRA_FIELDS} are allowed")
     require(head.get("bundle") is None or isinstance(head.get("bundle"), str),
             "payload field 'bundle' must be a string or nil")
+
+
+def packed_size(value: Any, name: str = "params") -> int:
+    try:
+        return len(msgpack.packb(value, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError):
+        require(False, f"payload field {name!r} holds values that cannot be encoded (strings, numbers, booleans, "
+                       f"nil, lists and maps only)")
+        raise  # not reached
+
+
+def check_extra_field(name: str, size: int) -> None:
+    """A field outside the format is ignored, but only when small (it could smuggle data out)."""
+    require(size <= MAX_EXTRA_FIELD_BYTES, f"payload field {name[:40]!r} is not part of the format and takes {size} "
+                                           f"bytes; fields outside the format may take at most "
+                                           f"{MAX_EXTRA_FIELD_BYTES}")
 
 
 def check_field_order(keys: Sequence[str]) -> None:
@@ -138,6 +168,11 @@ def _drop_count(p: dict) -> dict:
 #: rules of every kind; each kind module adds its own (``REJECTIONS``)
 REJECTIONS = (
     Rejection("payload format", _set("osfl_payload", 2), "INVALID_PAYLOAD"),
+    Rejection("payload format an integer", _set("osfl_payload", True), "INVALID_PAYLOAD"),
+    Rejection("params at most 4 KiB", _set("params", {"note": "x" * 10_000}), "INVALID_PAYLOAD"),
+    Rejection("a field outside the format at most 1 KiB", _set("smuggled", "x" * 3_000_000), "INVALID_PAYLOAD"),
+    Rejection("at most 16 fields outside the format", lambda p: {**{f"x{i}": i for i in range(17)}, **p},
+              "INVALID_PAYLOAD"),
     Rejection("kind registered", _set("kind", "latents"), "INVALID_PAYLOAD"),
     Rejection("federation id is an id", _set("federation", "bad id\n"), "INVALID_PAYLOAD"),
     Rejection("payload's federation is the one uploaded to", _set("federation", "other-federation"), "INVALID_PAYLOAD"),

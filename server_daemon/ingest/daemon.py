@@ -22,17 +22,24 @@ import time
 
 import zmq
 
+from zmq.utils import z85
+
+from protocol import errors as E
 from protocol.constants import PROTOCOL_VERSION
+from protocol.envelope import encode_reply
 from protocol.keys import KeyPair
 
 from . import systemd
 from .config import ServerConfig
-from .handlers import Handlers, Stats
+from .handlers import Handlers, Stats, is_disk_full
 from .metrics import write_metrics
 from .store import Store
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+#: where libzmq looks for the ZAP handler of a context (RFC 27)
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 class Daemon:
     def __init__(self, cfg: ServerConfig, keys: KeyPair | None = None):
@@ -58,12 +65,21 @@ class Daemon:
     def start(self) -> None:
         self.store = Store(self.cfg.state_dir)
         self.handlers = Handlers(self.cfg, self.store, stats=self.stats)
-        self.handlers.load_recent_ids()
-        self.handlers.refresh()
         self.supervisor = Supervisor(self.cfg, self.store)
-        self.supervisor.recover()
+        # housekeeping writes: on a full disk the daemon still starts (and answers DISK_FULL)
+        self._tolerate_full_disk("prune old message ids", self.handlers.load_recent_ids)
+        self.handlers.refresh()
+        self._tolerate_full_disk("requeue interrupted jobs", self.supervisor.recover)
+        self._expire_uploads()
         self.ctx = zmq.Context()
+        # our own ZAP handler, answered from the loop: it admits every CURVE client (an unknown one
+        # still gets error replies) and hands the client's CURVE key to each request as User-Id, so
+        # a request is accepted only on a connection with the key its site enrolled with
+        self.zap = self.ctx.socket(zmq.REP)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
         s = self.ctx.socket(zmq.ROUTER)
+        s.zap_domain = b"osfl"
         s.curve_server = True
         s.curve_secretkey = self.keys.curve_secret
         s.curve_publickey = self.keys.curve_public
@@ -82,10 +98,36 @@ class Daemon:
                  self.keys.fingerprint)
         systemd.notify("READY=1", f"STATUS=listening on {self.endpoint}", f"MAINPID={os.getpid()}")
 
+    def _tolerate_full_disk(self, what: str, fn) -> bool:
+        try:
+            fn()
+            return True
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error("disk full: could not %s (%s); the daemon goes on and answers DISK_FULL", what, exc)
+            return False
+
+    def _expire_uploads(self) -> None:
+        """Open uploads untouched for ``[limits] upload_expiry_s`` are discarded (rows and part files)."""
+        before = int((time.time() - self.cfg.limits.upload_expiry_s) * 1000)
+
+        def expire() -> None:
+            with self.store.transaction():
+                n = self.store.expire_uploads(before)
+            if n:
+                log.info("discarded %d open upload(s) untouched for %.0f s", n, self.cfg.limits.upload_expiry_s)
+
+        self._tolerate_full_disk("expire stale uploads", expire)
+        self._last_expiry = time.monotonic()
+
     def _heartbeat(self, state: str) -> None:
-        with self.store.transaction():
-            self.store.heartbeat(pid=os.getpid(), bind=getattr(self, "endpoint", self.cfg.server.bind), state=state,
-                                 started_ms=self.stats.started_ms, counters=self.stats.as_dict())
+        def beat() -> None:
+            with self.store.transaction():
+                self.store.heartbeat(pid=os.getpid(), bind=getattr(self, "endpoint", self.cfg.server.bind),
+                                     state=state, started_ms=self.stats.started_ms, counters=self.stats.as_dict())
+
+        self._tolerate_full_disk("write the heartbeat", beat)
         self._last_heartbeat = time.monotonic()
         try:
             write_metrics(self.store, self.cfg.state_dir / "metrics.prom", self.store.daemon_info())
@@ -107,11 +149,15 @@ class Daemon:
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.zap, zmq.POLLIN)
         watchdog = systemd.watchdog_interval_s()
         last_watchdog = last_tick = time.monotonic()
         batch_max = self.cfg.ingest.batch_max
         while not self.stopping:
-            if poller.poll(200):
+            ready = dict(poller.poll(200))
+            if self.zap in ready:
+                self._answer_zap()
+            if self.sock in ready:
                 self._turn(batch_max)
             t = time.monotonic()
             if t - last_tick >= 1.0:
@@ -121,6 +167,8 @@ class Daemon:
                         self.handlers.invalidate()  # our own writes: reload federations next batch
                 except Exception:  # a job problem must never stop ingest
                     log.exception("job supervisor failed; ingest goes on")
+            if t - self._last_expiry >= 60.0:
+                self._expire_uploads()
             if watchdog and t - last_watchdog >= watchdog:
                 systemd.notify("WATCHDOG=1")
                 last_watchdog = t
@@ -130,15 +178,34 @@ class Daemon:
                 self._hb_requests = self.stats.requests
                 self._heartbeat("running")
 
+    def _answer_zap(self) -> None:
+        """Answer every waiting ZAP request (RFC 27): 200 with the client's CURVE key (z85) as User-Id."""
+        while True:
+            try:
+                msg = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            version, request_id = (msg + [b"", b""])[:2]
+            mechanism, credentials = (msg[5], msg[6:]) if len(msg) >= 6 else (b"", [])
+            if version != b"1.0" or mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
+                self.zap.send_multipart([b"1.0", request_id, b"400", b"CURVE only", b"", b""])
+                continue
+            self.zap.send_multipart([b"1.0", request_id, b"200", b"OK", z85.encode(credentials[0]), b""])
+
     def _turn(self, batch_max: int) -> int:
-        batch = []
+        batch, keys = [], []
         while len(batch) < batch_max:
             try:
-                batch.append(self.sock.recv_multipart(zmq.NOBLOCK, copy=True))
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            try:
+                keys.append(frames[-1].get("User-Id"))
+            except zmq.ZMQError:  # no ZAP metadata (cannot happen with our handler bound): no binding check
+                keys.append(None)
+            batch.append([f.bytes for f in frames])
         if batch:
-            self.handle_batch(batch)
+            self.handle_batch(batch, keys)
         return len(batch)
 
     def drain(self) -> None:
@@ -153,6 +220,7 @@ class Daemon:
             self.drain()
             self.supervisor.stop()
             self.sock.close(linger=2000)
+            self.zap.close(linger=0)
             self.ctx.term()
         if self.store is not None:
             self._heartbeat("stopped")
@@ -162,23 +230,35 @@ class Daemon:
 
     # ---- one batch: one transaction, one fsync, then the replies ------------------------------
 
-    def handle_batch(self, batch: list[list[bytes]]) -> None:
+    def handle_batch(self, batch: list[list[bytes]], curve_keys: list[str | None] | None = None) -> None:
+        """Every request of the batch in one transaction, then the replies (after COMMIT only)."""
         self.handlers.refresh()
         replies = []
         remember: list[tuple[bytes, int]] = []
         store = self.store
-        with store.transaction():
-            for frames in batch:
-                identity, frames = frames[0], frames[1:]
-                replies.append([identity] + self.handlers.handle(frames, remember))
-            if remember:
-                store.remember(remember)
+        keys = curve_keys or [None] * len(batch)
+        try:
+            with store.transaction():
+                for frames, key in zip(batch, keys):
+                    msg_id, reply = self.handlers.handle_request(frames[1:], remember, key)
+                    replies.append((frames[0], msg_id, reply))
+                if remember:
+                    store.remember(remember)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            # COMMIT failed: nothing of the batch is stored, so nothing may be acknowledged
+            log.error("the store's disk is full: the batch of %d requests was not stored (%s)", len(batch), exc)
+            self.handlers.invalidate()
+            err = E.DiskFull("the server's disk is full; nothing of this request was stored: retry later")
+            self.stats.rejected[err.code] += len(batch)
+            replies = [(identity, msg_id, encode_reply(msg_id, error=err)) for identity, msg_id, _ in replies]
         # COMMIT has returned: everything acknowledged below is on disk
         self.stats.batches += 1
         self.stats.requests += len(batch)
         send = self.sock.send_multipart
-        for r in replies:
+        for identity, _, reply in replies:
             try:
-                send(r, zmq.NOBLOCK)
+                send([identity] + reply, zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # the peer went away; it will retry and get an idempotent answer
                 log.debug("reply not sent: %s", exc)

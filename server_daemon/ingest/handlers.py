@@ -7,10 +7,16 @@ so tests call :meth:`Handlers.handle` directly with frames made by ``protocol.en
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import logging
+import os
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+
+from zmq.utils import z85
 
 from protocol import errors as E
 from protocol.artifacts import check_name as check_artifact_name
@@ -18,13 +24,36 @@ from protocol.constants import PROTOCOL_VERSION
 from protocol.files import HashingReader
 from protocol.envelope import Limits, ReplayGuard, Request, encode_reply, now_ms, open_request, unpack_body
 from protocol.ids import ID_RULE, is_id
-from protocol.payloads import PAYLOAD_KINDS, check_against_federation, decode_payload, validate_stream
+from protocol.payloads import PAYLOAD_KINDS, check_against_federation, validate_stream
 
 from .config import ServerConfig
 from .store import Client, Store
 from .supervisor import job_summary
 
 log = logging.getLogger(__name__)
+
+
+def free_bytes(path) -> int:
+    """Bytes free for this user on the filesystem of ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def is_curve_key(value) -> bool:
+    """A z85-encoded CURVE public key: 40 characters that decode to 32 bytes."""
+    if not isinstance(value, str) or len(value) != 40:
+        return False
+    try:
+        return len(z85.decode(value.encode("ascii"))) == 32
+    except Exception:  # z85.decode raises KeyError, ValueError or struct.error on what is not z85
+        return False
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL or the OS's ENOSPC/EDQUOT, wherever they surface."""
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 #: kinds whose handler writes more than one statement: they run inside a savepoint
 MULTI_WRITE_KINDS = frozenset({"enroll", "upload_begin", "upload_commit"})
@@ -82,12 +111,19 @@ class Handlers:
         """Our own writes (the supervisor's): reload the caches before the next batch."""
         self._data_version = -1
 
-    def handle(self, frames: list[bytes], remember: list) -> list[bytes]:
-        """One request (its frames after the ROUTER identity) inside the caller's transaction; the reply frames.
+    def handle(self, frames: list[bytes], remember: list, curve_key: str | None = None) -> list[bytes]:
+        """One request (its frames after the ROUTER identity) inside the caller's transaction; the reply frames."""
+        return self.handle_request(frames, remember, curve_key)[1]
 
-        Handlers check everything before they write, and the upload and chunk handlers write one
-        statement last, so they need no savepoint of their own (a savepoint costs two statements
-        per request on the hot path). Handlers that write more than once run inside one.
+    def handle_request(self, frames: list[bytes], remember: list,
+                       curve_key: str | None = None) -> tuple[bytes, list[bytes]]:
+        """``(msg_id, reply frames)`` of one request; ``curve_key`` is the connection's (z85), when known.
+
+        Every request whose signature checked out is remembered, refused or not, so a refused frame
+        replayed after a restart is still a replay. Handlers check everything before they write, and
+        the upload and chunk handlers write one statement last, so they need no savepoint of their
+        own (a savepoint costs two statements per request on the hot path); handlers that write
+        more than once run inside one.
         """
         msg_id = b""
         db = self.store.db
@@ -95,19 +131,24 @@ class Handlers:
         try:
             req = open_request(frames, self._key_for, self.guard, limits=self.limits)
             msg_id = req.header.msg_id
+            remember.append((msg_id, req.header.created_ms))
+            if curve_key is not None:
+                self._check_curve(req, curve_key)
             savepoint = req.header.kind in MULTI_WRITE_KINDS
             if savepoint:
                 db.execute("SAVEPOINT req")
             data = self._dispatch(req)
             if savepoint:
                 db.execute("RELEASE req")
-            remember.append((msg_id, req.header.created_ms))
-            return encode_reply(msg_id, data=data)
+            return msg_id, encode_reply(msg_id, data=data)
         except Exception as exc:
-            if savepoint:
+            if savepoint and db.in_transaction:
                 db.execute("ROLLBACK TO req")
                 db.execute("RELEASE req")
-            if not isinstance(exc, E.ProtocolError):
+            if is_disk_full(exc):
+                log.error("the disk of %s is full: %s", self.store.state_dir, exc)
+                exc = E.DiskFull(f"the server's disk is full; nothing of this request was stored: retry later")
+            elif not isinstance(exc, E.ProtocolError):
                 log.exception("internal error while handling a request")
                 exc = E.InternalError()
             cleanup = getattr(exc, "after_rollback", None)
@@ -115,7 +156,26 @@ class Handlers:
                 cleanup()
             self.stats.rejected[exc.code] += 1
             log.debug("rejected %s: %s", exc.code, exc.message)
-            return encode_reply(msg_id, error=exc)
+            return msg_id, encode_reply(msg_id, error=exc)
+
+    def _check_curve(self, req: Request, curve_key: str) -> None:
+        """The connection must use the CURVE key the site enrolled with: a signed frame copied onto
+        another connection is refused (the signature proves the sender, CURVE ties it to the channel)."""
+        if req.header.kind == "enroll":
+            try:
+                claimed = unpack_body(req.body).get("curve")
+            except E.ProtocolError:
+                return  # _enroll reports the malformed body
+            if isinstance(claimed, str) and claimed != curve_key:
+                raise E.CurveKeyMismatch("the 'curve' key in this enrolment is not the key of the connection it "
+                                         "came on; enrol with the site's own keys (`osfl-edge enroll`)")
+            return
+        c = self._clients.get(req.header.fingerprint)
+        if c is not None and c.curve_key != curve_key:
+            log.warning("SECURITY: a request signed by site %s (%s) came on a connection with another CURVE key: "
+                        "refused", c.site, c.fingerprint)
+            raise E.CurveKeyMismatch(f"this request is signed by site {c.site}, but the connection's CURVE key is "
+                                     f"not the one it enrolled with; use the site's own key files")
 
     def _key_for(self, header) -> bytes:
         c = self._clients.get(header.fingerprint)
@@ -142,7 +202,7 @@ class Handlers:
             return self._status(req)
         client = self._accepted(req)
         if kind == "federation":
-            return self._federation(req).public()
+            return self._federation(req, client).public()
         if kind == "upload":
             return self._upload(req, client)
         if kind == "upload_begin":
@@ -152,9 +212,9 @@ class Handlers:
         if kind == "upload_commit":
             return self._upload_commit(req, client)
         if kind == "artifact_info":
-            return self._artifact_info(req)
+            return self._artifact_info(req, client)
         if kind == "artifact_chunk":
-            return self._artifact_chunk(req)
+            return self._artifact_chunk(req, client)
         raise E.UnknownKind(f"kind {kind!r} is not handled by this server")
 
     # ---- admission --------------------------------------------------------------------------
@@ -164,8 +224,11 @@ class Handlers:
         site, curve, name = body.get("site"), body.get("curve"), body.get("name") or ""
         if not is_id(site):
             raise E.MalformedBody(f"'site' must be a site id: {ID_RULE}")
-        if not isinstance(curve, str) or len(curve) != 40 or not isinstance(name, str) or len(name) > 200:
-            raise E.MalformedBody("'curve' must be a 40-character z85 CURVE public key and 'name' at most 200 characters")
+        if not is_curve_key(curve):
+            raise E.MalformedBody("'curve' must be the site's CURVE public key: 40 characters of z85")
+        if not isinstance(name, str) or len(name) > 200 or not name.isprintable():
+            raise E.MalformedBody("'name' must be printable text of at most 200 characters (no control or escape "
+                                  "characters)")
         fp = req.header.fingerprint
         known = self._clients.get(fp)
         if known is not None:
@@ -181,6 +244,11 @@ class Handlers:
             err.after_rollback = lambda: self.store.audit("site", "enroll-refused-key-conflict", fp, site,
                                                           f"registered fingerprint {other.fingerprint}")
             raise err
+        pending = self.store.count_pending()
+        if pending >= self.cfg.limits.max_pending_sites:
+            log.warning("enrolment of %r refused: %d sites already await the operator", site, pending)
+            raise E.QuotaExceeded(f"{pending} enrolments already await the operator's decision; try again once "
+                                  f"the operator has accepted or rejected them")
         self.store.add_pending_client(fp, site, req.header.public_key, curve, name)
         self._data_version = -1  # our own write: reload the cache next batch
         self._clients[fp] = self.store.client(fp)
@@ -194,6 +262,8 @@ class Handlers:
         feds = {}
         if c.state == "accepted":
             for f in self.store.federations():
+                if not f.has_member(c.site):
+                    continue
                 job = self.store.latest_job(f.id)
                 feds[f.id] = {"state": f.state, "received": self.store.count_sites(f.id), "quorum": f.quorum,
                               "classes": len(f.classes), "methods": list(f.methods),
@@ -204,13 +274,15 @@ class Handlers:
 
     # ---- uploads ----------------------------------------------------------------------------
 
-    def _federation(self, req: Request, *, for_upload: bool = False):
+    def _federation(self, req: Request, client: Client, *, for_upload: bool = False):
+        """The request's federation, if this site belongs to it; one it does not is as unknown to it."""
         fed_id = req.header.federation
         if not fed_id:
             raise E.MalformedHeader(f"a {req.header.kind} request names its federation in header field 'fed'")
         fed = self._feds.get(fed_id)
-        if fed is None:
-            raise E.UnknownFederation(f"no federation {fed_id!r} on this server; ask the operator for its id")
+        if fed is None or not fed.has_member(client.site):
+            raise E.UnknownFederation(f"site {client.site!r} belongs to no federation {fed_id!r} on this server; ask "
+                                      f"the operator for the federation's id and to add this site to it")
         if for_upload and fed.state != "open":
             raise E.FederationClosed(f"federation {fed_id!r} is {fed.state} and takes no more uploads")
         return fed
@@ -221,36 +293,62 @@ class Handlers:
         if kind not in fed.methods:
             raise E.MethodNotAllowed(f"federation {fed.id!r} allows {', '.join(fed.methods)}; got {kind}")
 
-    def _existing(self, fed_id: str, fp: str, kind: str, sha: bytes) -> dict | None:
+    def _existing(self, fed_id: str, fp: str, kind: str, sha: bytes, *, data: bytes | None = None,
+                  path=None) -> dict | None:
+        """The reply for a payload this site already stored here (a duplicate), or None.
+
+        A duplicate whose stored copy is damaged is repaired from ``data`` or ``path`` (the same
+        bytes, digest checked); without them (``upload_begin``) it is not a duplicate, so the site
+        sends the bytes again.
+        """
         prior = self.store.payload_for(fed_id, fp, kind)
         if prior is None:
             return None
         if prior.sha256 != sha:
             raise E.PayloadConflict(f"this site already uploaded a different {kind} payload to {fed_id!r} "
                                     f"(sha256 {prior.sha256.hex()[:16]}...); one upload per site and method")
+        damage = self.store.payload_damage(prior.id)
+        if damage:
+            if data is None and path is None:
+                log.warning("payload %d is damaged (%s): its site is sending it again", prior.id, damage)
+                return None
+            self.store.repair_payload(prior.id, data=data, path=path)
+            log.warning("payload %d was damaged (%s) and is repaired from its site's re-upload", prior.id, damage)
         return {"payload_id": prior.id, "sha256": prior.sha256, "size": prior.size, "duplicate": True}
 
     def _validate_payload(self, fed, raw: bytes) -> dict:
-        """The one contract (``protocol.payloads``), the same the edge runs before upload."""
-        payload = decode_payload(raw)
-        check_against_federation(payload, fed)
-        return payload
+        """The one contract (``protocol.payloads``), the same the edge runs before upload; the head.
+
+        Checked as it streams, like a chunked payload: the memory a hostile body can cost is
+        bounded by the stream's buffer, not by the body's size.
+        """
+        head = validate_stream(io.BytesIO(raw))
+        check_against_federation(head, fed)
+        return head
+
+    def _check_space(self) -> None:
+        """Refuse new data early when the state directory's filesystem is below its free-space floor."""
+        floor = self.cfg.limits.min_free_bytes
+        if floor and free_bytes(self.store.state_dir) < floor:
+            raise E.DiskFull(f"the server has less than {floor} bytes of free disk space; nothing was stored: "
+                             f"retry later (the operator has been told)")
 
     def _upload(self, req: Request, client: Client) -> dict:
-        fed = self._federation(req, for_upload=True)
+        fed = self._federation(req, client, for_upload=True)
+        self._check_space()
         payload = self._validate_payload(fed, req.body)
         sha = req.header.body_sha256
         # insert first, look only on a conflict: one statement on the hot path instead of two
         pid = self.store.insert_payload(fed.id, client.fingerprint, payload["kind"], sha, len(req.body),
                                         req.header.msg_id, inline=req.body)
         if pid is None:
-            return self._existing(fed.id, client.fingerprint, payload["kind"], sha)
+            return self._existing(fed.id, client.fingerprint, payload["kind"], sha, data=req.body)
         self.stats.stored += 1
         log.debug("stored payload %d from %s for %s (%d bytes)", pid, client.site, fed.id, len(req.body))
         return {"payload_id": pid, "sha256": sha, "size": len(req.body), "duplicate": False}
 
     def _upload_begin(self, req: Request, client: Client) -> dict:
-        fed = self._federation(req, for_upload=True)
+        fed = self._federation(req, client, for_upload=True)
         body = unpack_body(req.body)
         kind, size, sha, chunk = body.get("kind"), body.get("size"), body.get("sha256"), body.get("chunk_size")
         if not (isinstance(kind, str) and isinstance(size, int) and isinstance(sha, bytes) and len(sha) == 32
@@ -264,7 +362,17 @@ class Handlers:
         dup = self._existing(fed.id, client.fingerprint, kind, sha)
         if dup:
             return dup | {"upload_id": "", "offset": size}
+        self._check_space()
         uid = upload_id_for(client.fingerprint, fed.id, kind, sha)
+        if self.store.upload(uid) is None:
+            n, announced = self.store.open_uploads_of(client.fingerprint)
+            lim = self.cfg.limits
+            if n >= lim.max_open_uploads_per_site:
+                raise E.QuotaExceeded(f"site {client.site} already has {n} chunked uploads open (at most "
+                                      f"{lim.max_open_uploads_per_site}); finish or let them expire first")
+            if announced + size > lim.max_open_upload_bytes_per_site:
+                raise E.QuotaExceeded(f"site {client.site}'s open uploads would announce {announced + size} bytes "
+                                      f"(at most {lim.max_open_upload_bytes_per_site}); finish the others first")
         offset = self.store.open_upload(uid, fed.id, client.fingerprint, kind, size, sha, chunk)
         return {"upload_id": uid, "offset": offset, "chunk_size": chunk}
 
@@ -288,6 +396,7 @@ class Handlers:
         if offset + len(data) > up["size"]:
             raise E.PayloadTooLarge(f"this chunk ends at byte {offset + len(data)}, past the announced "
                                     f"size {up['size']}")
+        self._check_space()
         return {"offset": self.store.write_chunk(up["upload_id"], offset, data)}
 
     def _upload_commit(self, req: Request, client: Client) -> dict:
@@ -295,7 +404,7 @@ class Handlers:
         up = self._open_upload(body.get("upload_id"), client)
         if up["offset"] != up["size"]:
             raise E.ChunkOutOfOrder(f"the server holds {up['offset']} of {up['size']} bytes; send the rest first")
-        fed = self._federation(req, for_upload=True)
+        fed = self._federation(req, client, for_upload=True)
         try:
             if up["federation"] != fed.id:
                 raise E.InvalidPayload(f"this upload was begun for federation {up['federation']!r}, "
@@ -324,29 +433,33 @@ class Handlers:
         rel = self.store.finish_upload(up["upload_id"], digest)
         pid = self.store.insert_payload(fed.id, client.fingerprint, up["kind"], digest, up["size"],
                                         req.header.msg_id, path=rel)
-        if pid is None:  # the same payload arrived in one piece meanwhile
-            return self._existing(fed.id, client.fingerprint, up["kind"], digest)
+        if pid is None:  # stored before (a damaged copy being repaired, or it arrived in one piece meanwhile)
+            return self._existing(fed.id, client.fingerprint, up["kind"], digest, path=self.store.state_dir / rel)
         self.stats.stored += 1
         return {"payload_id": pid, "sha256": digest, "size": up["size"], "duplicate": False}
 
     # ---- downloads of signed artifacts --------------------------------------------------------
 
-    def _artifact(self, req: Request) -> tuple[dict, dict]:
+    def _artifact(self, req: Request, client: Client) -> tuple[dict, dict]:
         body = unpack_body(req.body)
         name = check_artifact_name(body.get("name"))
+        if name.startswith("model/"):  # a federation's model goes to its members only
+            fed = self._feds.get(name.split("/", 1)[1])
+            if fed is None or not fed.has_member(client.site):
+                raise E.NotFound(f"the server has no {name!r} for site {client.site!r}")
         art = self.store.artifact(name)
         if art is None:
             raise E.NotFound(f"the server has no {name!r} yet" + (
                 "; the federation's model appears once training has finished" if name.startswith("model/") else ""))
         return body, art
 
-    def _artifact_info(self, req: Request) -> dict:
-        _, art = self._artifact(req)
+    def _artifact_info(self, req: Request, client: Client) -> dict:
+        _, art = self._artifact(req, client)
         return {"manifest": art["manifest"], "signature": art["signature"],
                 "chunk_size": self.cfg.limits.chunk_size}
 
-    def _artifact_chunk(self, req: Request) -> dict:
-        body, art = self._artifact(req)
+    def _artifact_chunk(self, req: Request, client: Client) -> dict:
+        body, art = self._artifact(req, client)
         offset, length = body.get("offset"), body.get("length")
         if not (isinstance(offset, int) and isinstance(length, int) and 0 <= offset <= art["size"]
                 and 0 < length <= self.cfg.limits.chunk_size):

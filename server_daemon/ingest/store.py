@@ -41,6 +41,8 @@ TRANSITIONS = {
     "revoke": (("accepted", "pending"), "revoked"),
 }
 FEDERATION_STATES = ("open", "synthesizing", "training", "done", "failed", "closed")
+#: ``settings["members"]`` of a federation every accepted site may join
+ALL_SITES = "*"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -166,6 +168,19 @@ class Federation:
     created_ms: int
     settings: dict
 
+    @property
+    def members(self) -> tuple[str, ...] | None:
+        """The site ids that belong to the federation; None when every accepted site may join.
+
+        A federation made before membership existed has no ``members`` setting: it stays open to
+        every accepted site, as it was.
+        """
+        members = self.settings.get("members", ALL_SITES)
+        return None if members == ALL_SITES else tuple(members)
+
+    def has_member(self, site: str) -> bool:
+        return self.members is None or site in self.members
+
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "classes": list(self.classes), "methods": list(self.methods),
                 "images_per_class": self.images_per_class, "quorum": self.quorum,
@@ -227,10 +242,11 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed COMMIT (disk full) leaves the transaction open
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def data_version(self) -> int:
         return self.db.execute("PRAGMA data_version").fetchone()[0]
@@ -302,15 +318,20 @@ class Store:
     # ---- federations ------------------------------------------------------------------------
 
     def create_federation(self, fed_id: str, classes: list[str], methods: list[str], images_per_class: int,
-                          quorum: int, deadline_ms: int | None = None, settings: dict | None = None) -> Federation:
+                          quorum: int, deadline_ms: int | None = None, settings: dict | None = None, *,
+                          members: list[str] | str = ALL_SITES) -> Federation:
+        """A new federation; ``members`` are the site ids that may join it, or ALL_SITES."""
+        settings = {**(settings or {}), "members": members if members == ALL_SITES else sorted(set(members))}
         with self.transaction():
             if self.federation(fed_id):
                 raise StateError(f"federation {fed_id!r} already exists; `osfl-server federation show {fed_id}`")
             self.db.execute("INSERT INTO federations VALUES (?,?,?,?,?,?,?,?,?)",
                             (fed_id, json.dumps(classes), json.dumps(methods), images_per_class, quorum,
-                             deadline_ms, "open", now_ms(), json.dumps(settings or {})))
+                             deadline_ms, "open", now_ms(), json.dumps(settings)))
             self.audit("operator", "federation-create", detail=f"id={fed_id} classes={len(classes)} "
-                                                               f"methods={','.join(methods)} quorum={quorum}")
+                                                               f"methods={','.join(methods)} quorum={quorum} members="
+                                                               + ("every accepted site" if members == ALL_SITES
+                                                                  else ",".join(settings["members"])))
         return self.federation(fed_id)
 
     @staticmethod
@@ -324,6 +345,27 @@ class Store:
 
     def federations(self) -> list[Federation]:
         return [self._fed(r) for r in self.db.execute("SELECT * FROM federations ORDER BY created_ms")]
+
+    def set_members(self, fed_id: str, *, add: list[str] = (), remove: list[str] = (),
+                    all_sites: bool | None = None, actor: str = "operator") -> Federation:
+        """Change who belongs to a federation: add or remove site ids, or open it to (close it from) all."""
+        with self.transaction():
+            fed = self.federation(fed_id)
+            if fed is None:
+                raise NotFoundError(f"no federation {fed_id!r}; `osfl-server federation list` shows them")
+            if all_sites:
+                members: Any = ALL_SITES
+            elif fed.members is None and all_sites is None:
+                raise StateError(f"federation {fed_id} is open to every accepted site; pass --listed-only to "
+                                 f"admit only the sites you name")
+            else:  # listed: closing an open federation starts from no member at all
+                current = set(fed.members or ())
+                members = sorted((current | set(add)) - set(remove))
+            settings = {**fed.settings, "members": members}
+            self.db.execute("UPDATE federations SET settings=? WHERE id=?", (json.dumps(settings), fed_id))
+            self.audit(actor, "federation-members", detail=f"id={fed_id} members="
+                       + ("every accepted site" if members == ALL_SITES else ",".join(members) or "none"))
+        return self.federation(fed_id)
 
     def set_federation_state(self, fed_id: str, state: str, actor: str = "daemon") -> None:
         if state not in FEDERATION_STATES:
@@ -397,8 +439,13 @@ class Store:
                     f.truncate(existing["offset"])
                     os.fsync(f.fileno())
             elif not part.exists():
+                # the daemon died after the part was renamed into blobs/ but before its row committed
+                # (or the part was lost): start this upload again from an empty part
+                with open(part, "wb") as f:
+                    os.fsync(f.fileno())
+                fsync_dir(self.parts_dir)
                 existing["offset"] = 0
-                self.db.execute("UPDATE uploads SET offset=0 WHERE upload_id=?", (upload_id,))
+                self.db.execute("UPDATE uploads SET offset=0, updated_ms=? WHERE upload_id=?", (now_ms(), upload_id))
             return existing["offset"]
         t = now_ms()
         self.db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -407,6 +454,24 @@ class Store:
             os.fsync(f.fileno())
         fsync_dir(self.parts_dir)
         return 0
+
+    def open_uploads_of(self, fingerprint: str) -> tuple[int, int]:
+        """(number, announced bytes) of the chunked uploads this site has open."""
+        n, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM uploads WHERE fingerprint=?",
+                                   (fingerprint,)).fetchone()
+        return n, total
+
+    def expire_uploads(self, before_ms: int) -> int:
+        """Discard open uploads untouched since ``before_ms`` (rows and part files); how many."""
+        stale = [r[0] for r in self.db.execute("SELECT upload_id FROM uploads WHERE updated_ms < ?", (before_ms,))]
+        for upload_id in stale:
+            self.reset_upload(upload_id)
+        if stale:
+            self.audit("daemon", "uploads-expired", detail=f"{len(stale)} open upload(s) untouched since {before_ms}")
+        return len(stale)
+
+    def count_pending(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM clients WHERE state='pending'").fetchone()[0]
 
     def write_chunk(self, upload_id: str, offset: int, data: bytes) -> int:
         part = self.part_path(upload_id)
@@ -551,3 +616,76 @@ class Store:
             return None
         return {"pid": row[0], "started_ms": row[1], "heartbeat_ms": row[2], "bind": row[3], "state": row[4],
                 "counters": json.loads(row[5])}
+
+    # ---- damage and repair (server_daemon/ingest/maintenance.py checks the whole store) ---------------
+
+    def payload_damage(self, payload_id: int) -> str | None:
+        """What is wrong with one stored payload (missing or short blob, digest mismatch); None when intact."""
+        from .maintenance import payload_problem
+
+        row = self.db.execute("SELECT sha256, size, inline, path FROM payloads WHERE id=?", (payload_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no payload {payload_id}")
+        return payload_problem(self.state_dir, sha256=row[0], size=row[1], inline=row[2], path=row[3])
+
+    def repair_payload(self, payload_id: int, data: bytes | None = None, path: Path | None = None) -> None:
+        """Rewrite a damaged payload from ``data`` (or the file at ``path``) whose sha256 is the row's.
+
+        An inline row is updated in one statement (inside the caller's transaction when there is one);
+        a blob is replaced atomically (temporary file, fsync, rename, folder fsync), hashed as it is
+        written, so bytes of another digest never reach ``blobs/``. Raises StoreError, leaving the store
+        as it was, when the bytes' size or sha256 differ from the row's.
+        """
+        from protocol.files import HASH_BLOCK, atomic_writer
+
+        if (data is None) == (path is None):
+            raise ValueError("repair_payload takes either data or path")
+        row = self.db.execute("SELECT sha256, size, inline IS NOT NULL, path, fingerprint FROM payloads WHERE id=?",
+                              (payload_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no payload {payload_id}")
+        sha, size, is_inline, rel, fingerprint = row
+
+        def refuse(got_size: int, got_sha: bytes) -> StoreError:
+            return StoreError(f"cannot repair payload {payload_id}: expected {size} bytes with sha256 "
+                              f"{sha.hex()[:16]}..., got {got_size} bytes with sha256 {got_sha.hex()[:16]}...")
+
+        if data is not None:
+            got = hashlib.sha256(data).digest()
+            if got != sha or len(data) != size:
+                raise refuse(len(data), got)
+        if is_inline or not rel:
+            if data is None:
+                data = Path(path).read_bytes()  # an inline payload is at most one request body
+                got = hashlib.sha256(data).digest()
+                if got != sha or len(data) != size:
+                    raise refuse(len(data), got)
+
+            def write() -> None:
+                self.db.execute("UPDATE payloads SET inline=? WHERE id=?", (data, payload_id))
+                self.audit("server", "payload-repair", fingerprint, detail=f"payload={payload_id} inline")
+        else:
+            target = self.state_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with atomic_writer(target) as out:
+                if data is not None:
+                    out.write(data)
+                else:
+                    h, n = hashlib.sha256(), 0
+                    with open(path, "rb") as src:
+                        for block in iter(lambda: src.read(HASH_BLOCK), b""):
+                            h.update(block)
+                            n += len(block)
+                            out.write(block)
+                    if h.digest() != sha or n != size:
+                        raise refuse(n, h.digest())  # atomic_writer then removes the temporary file
+            fsync_dir(target.parent)
+
+            def write() -> None:
+                self.audit("server", "payload-repair", fingerprint, detail=f"payload={payload_id} {rel}")
+        if self.db.in_transaction:
+            write()
+        else:
+            with self.transaction():
+                write()
+        log.info("payload %s repaired", payload_id)

@@ -16,6 +16,9 @@ def publish(server, tmp_path, name="model/fed1", size=300_000, meta=None):
     keys = KeyPair.load(server.cfg.keys_dir, "server")
     store = server.store()
     try:
+        fed = name.split("/", 1)[1]
+        if name.startswith("model/") and store.federation(fed) is None:  # a model goes to its federation's members
+            store.create_federation(fed, ["a", "b"], ["class_prompts"], 1, 1)
         store.publish_artifact(name, src, meta or {"kind": "onnx"}, keys.signing)
     finally:
         store.close()

@@ -38,7 +38,7 @@ def make_images(root, classes=("cat", "dog"), n=3):
 
 def test_export_pull_caption_inspect_upload_plan(server, tmp_path, capsys):
     # operator: a federation that takes captions (quorum 2: no synthesis job starts by itself here)
-    server.osfl("federation", "create", "fed1", "--classes", "cat,dog,bird", "--methods", "captions,class-prompts",
+    server.osfl("federation", "create", "fed1", "--classes", "cat,dog,bird", "--methods", "captions,class-prompts", "--all-sites",
                 "--quorum", "2")
     res = server.osfl("edge-models", "export", "--tiny", "--int8", "--version", "2026.1")
     assert "published edge-bundle/2026.1" in res.output and "published edge-bundle/latest" in res.output

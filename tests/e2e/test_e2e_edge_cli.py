@@ -30,7 +30,7 @@ def make_images(root, classes=("cat", "dog"), n=3):
 
 @pytest.fixture
 def site(server, tmp_path, capsys):
-    server.osfl("federation", "create", "fed1", "--classes", "cat,dog,bird")
+    server.osfl("federation", "create", "fed1", "--classes", "cat,dog,bird", "--all-sites")
     home = tmp_path / "site"
     assert run(home, "init", "--server", server.endpoint, "--server-key", server.key, "--site-id", "clinic") == 0
     out = capsys.readouterr().out

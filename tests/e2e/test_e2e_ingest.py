@@ -26,8 +26,18 @@ def class_prompts(fed: str, labels=("cat", "dog"), counts=(3, 4), **params) -> b
                            "data": {"domain": None}})
 
 
-def create_fed(server, fed="fed1", classes=CLASSES, quorum=2):
-    server.osfl("federation", "create", fed, "--classes", ",".join(classes), "--quorum", str(quorum))
+def captions(fed: str, n: int) -> bytes:
+    """A large payload of real content: n captions (about 100 bytes each)."""
+    items = [{"label_index": i % 2, "caption": f"a photograph of a small animal on a sofa, number {i:06d}, seen "
+                                              f"from above in daylight"} for i in range(n)]
+    return encode_payload({"osfl_payload": 1, "kind": "captions", "federation": fed, "labels": ["cat", "dog"],
+                           "counts": [(n + 1) // 2, n // 2], "params": {}, "bundle": None, "created_ms": 1,
+                           "data": {"captions": items, "scrubbed": 0}})
+
+
+def create_fed(server, fed="fed1", classes=CLASSES, quorum=2, methods="class-prompts,captions"):
+    server.osfl("federation", "create", fed, "--classes", ",".join(classes), "--quorum", str(quorum), "--all-sites",
+                "--methods", methods)
 
 
 def test_upload_survives_kill_9_right_after_the_ack(server, site_factory):
@@ -49,7 +59,8 @@ def test_chunked_upload_survives_kill_9_and_resumes(server, site_factory):
     create_fed(server)
     site = site_factory("hospital-b")
     site.cfg = type(site.cfg)(**{**site.cfg.__dict__, "chunk_size": 64 * 1024})
-    payload = class_prompts("fed1", blob=os.urandom(300_000))
+    payload = captions("fed1", 3000)
+    assert len(payload) > 4 * 64 * 1024
     seen = []
 
     class Interrupt(Exception):
@@ -61,13 +72,13 @@ def test_chunked_upload_survives_kill_9_and_resumes(server, site_factory):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        site.upload(payload, "fed1", "class_prompts", on_progress=stop_after_two)
+        site.upload(payload, "fed1", "captions", on_progress=stop_after_two)
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
     server.start()
     site.close()
     offsets = []
-    reply = site.upload(payload, "fed1", "class_prompts", on_progress=lambda d, t: offsets.append(d))
+    reply = site.upload(payload, "fed1", "captions", on_progress=lambda d, t: offsets.append(d))
     assert offsets[0] >= 2 * 64 * 1024, "the upload restarted from zero instead of resuming"
     assert reply["size"] == len(payload) and not reply["duplicate"]
     os.kill(server.proc.pid, signal.SIGKILL)
@@ -154,7 +165,7 @@ def _tamper(frames, index, pos=-1):
 def _replayed(world, server):
     frames = encode_request("upload", class_prompts("fed1", counts=(1, 1)), world["accepted"].keys.signing,
                             federation="fed1")
-    assert raw_request(server, frames).ok
+    assert raw_request(server, frames, world["accepted"].keys).ok
     before = server.payload_count()
     return frames, before
 
@@ -179,7 +190,11 @@ CASES = {
                                                    federation="nope"),
     "invalid payload": lambda w: encode_request("upload", b"\x93\x01\x02\x03", w["accepted"].keys.signing,
                                                 federation="fed1"),
+    "stolen frame on another connection": lambda w: _upload_frames(w["accepted"].keys),
 }
+#: the connection's CURVE keys of each case: the sender's own, except where a frame is replayed by someone else
+CONNECTION = {"pending key": "pending", "revoked key": "revoked", "unknown key": "stranger",
+              "stolen frame on another connection": "stranger"}
 EXPECTED = {
     "unknown key": "UNKNOWN_KEY", "pending key": "KEY_PENDING", "revoked key": "KEY_REVOKED",
     "tampered body": "BAD_SIGNATURE", "tampered header": "BAD_SIGNATURE", "expired timestamp": "TIMESTAMP_OUT_OF_WINDOW",
@@ -187,6 +202,7 @@ EXPECTED = {
     "malformed msgpack": "MALFORMED_HEADER", "tampered signature": "BAD_SIGNATURE",
     "wrong frame count": "MALFORMED_FRAMES", "class not in federation": "CLASS_NOT_IN_FEDERATION",
     "unknown federation": "UNKNOWN_FEDERATION", "invalid payload": "INVALID_PAYLOAD",
+    "stolen frame on another connection": "CURVE_KEY_MISMATCH",
 }
 
 
@@ -194,7 +210,8 @@ EXPECTED = {
 def test_rejected_requests_get_their_code_and_store_nothing(server, world, case):
     frames = CASES[case](world)
     before = server.payload_count()
-    reply = raw_request(server, frames)
+    who = world[CONNECTION.get(case, "accepted")]
+    reply = raw_request(server, frames, who if isinstance(who, KeyPair) else who.keys)
     assert not reply.ok
     assert reply.code == EXPECTED[case], reply.message
     assert reply.message  # says what was expected and what was found
@@ -203,7 +220,7 @@ def test_rejected_requests_get_their_code_and_store_nothing(server, world, case)
 
 def test_replayed_message_is_refused_and_stores_nothing(server, world):
     frames, before = _replayed(world, server)
-    reply = raw_request(server, frames)
+    reply = raw_request(server, frames, world["accepted"].keys)
     assert (reply.ok, reply.code) == (False, "REPLAYED_MESSAGE")
     assert server.payload_count() == before
 
@@ -212,9 +229,22 @@ def test_replay_history_survives_a_restart(server, world):
     frames, before = _replayed(world, server)
     server.stop(signal.SIGKILL)
     server.start()
-    reply = raw_request(server, frames)
+    reply = raw_request(server, frames, world["accepted"].keys)
     assert reply.code == "REPLAYED_MESSAGE"
     assert server.payload_count() == before
+
+
+def test_a_refused_frame_replayed_after_the_state_changed_and_a_restart_is_refused(server, world):
+    """Row 4: ids of refused (but authentic) requests are remembered too, across restarts."""
+    keys = world["accepted"].keys
+    frames = encode_request("upload", class_prompts("later"), keys.signing, federation="later")
+    assert raw_request(server, frames, keys).code == "UNKNOWN_FEDERATION"
+    create_fed(server, "later")
+    server.stop(signal.SIGKILL)
+    server.start()
+    reply = raw_request(server, frames, keys)
+    assert reply.code == "REPLAYED_MESSAGE", reply.message
+    assert server.payload_count() == 0
 
 
 def test_wrong_server_key_fails_fast_at_the_site(server, tmp_path):

@@ -143,3 +143,28 @@ def test_replayed_request_is_refused(ingest):
             replies.append(decode_reply(ingest.handlers.handle(frames, remember)))
             ingest.store.remember(remember)
     assert replies[0].ok and replies[1].code == "REPLAYED_MESSAGE"
+
+
+def test_a_damaged_payload_is_repaired_by_its_sites_re_upload(ingest):
+    """Row 11: a re-upload of a damaged payload repairs it instead of answering "duplicate" over the damage."""
+    ingest.federation()
+    key = ingest.site()
+    inline_raw, blob_raw = _raw("class_prompts"), _raw("captions")
+    a = ingest.upload(key, inline_raw)
+    b = ingest.upload_chunked(key, blob_raw, "captions")
+    store = ingest.store
+    with store.transaction():
+        store.db.execute("UPDATE payloads SET inline=? WHERE id=?", (inline_raw[:-1] + b"\x00", a.data["payload_id"]))
+    (blob,) = [p for p in store.payloads("fed1") if p.kind == "captions"]
+    damaged = bytearray((store.state_dir / blob.path).read_bytes())
+    damaged[10] ^= 0x01
+    (store.state_dir / blob.path).write_bytes(bytes(damaged))
+    assert store.payload_damage(a.data["payload_id"]) and store.payload_damage(b.data["payload_id"])
+
+    again = ingest.upload(key, inline_raw)
+    assert again.ok and again.data["duplicate"] and again.data["payload_id"] == a.data["payload_id"]
+    again = ingest.upload_chunked(key, blob_raw, "captions")
+    assert again.ok and again.data["payload_id"] == b.data["payload_id"], again.message
+    assert store.payload_damage(a.data["payload_id"]) is None and store.payload_damage(b.data["payload_id"]) is None
+    assert store.payload_bytes(a.data["payload_id"]) == inline_raw
+    assert store.payload_bytes(b.data["payload_id"]) == blob_raw
