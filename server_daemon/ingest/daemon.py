@@ -24,9 +24,7 @@ import zmq
 
 from zmq.utils import z85
 
-from protocol import errors as E
 from protocol.constants import PROTOCOL_VERSION
-from protocol.envelope import encode_reply
 from protocol.keys import KeyPair
 
 from . import systemd
@@ -224,7 +222,8 @@ class Daemon:
             self.ctx.term()
         if self.store is not None:
             self._heartbeat("stopped")
-            self.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._tolerate_full_disk("checkpoint the WAL",
+                                     lambda: self.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
             self.store.close()
         log.info("stopped after %d requests (%d stored)", self.stats.requests, self.stats.stored)
 
@@ -232,32 +231,10 @@ class Daemon:
 
     def handle_batch(self, batch: list[list[bytes]], curve_keys: list[str | None] | None = None) -> None:
         """Every request of the batch in one transaction, then the replies (after COMMIT only)."""
-        self.handlers.refresh()
-        replies = []
-        remember: list[tuple[bytes, int]] = []
-        store = self.store
-        keys = curve_keys or [None] * len(batch)
-        try:
-            with store.transaction():
-                for frames, key in zip(batch, keys):
-                    msg_id, reply = self.handlers.handle_request(frames[1:], remember, key)
-                    replies.append((frames[0], msg_id, reply))
-                if remember:
-                    store.remember(remember)
-        except Exception as exc:
-            if not is_disk_full(exc):
-                raise
-            # COMMIT failed: nothing of the batch is stored, so nothing may be acknowledged
-            log.error("the store's disk is full: the batch of %d requests was not stored (%s)", len(batch), exc)
-            self.handlers.invalidate()
-            err = E.DiskFull("the server's disk is full; nothing of this request was stored: retry later")
-            self.stats.rejected[err.code] += len(batch)
-            replies = [(identity, msg_id, encode_reply(msg_id, error=err)) for identity, msg_id, _ in replies]
+        replies = self.handlers.handle_batch(batch, curve_keys)
         # COMMIT has returned: everything acknowledged below is on disk
-        self.stats.batches += 1
-        self.stats.requests += len(batch)
         send = self.sock.send_multipart
-        for identity, _, reply in replies:
+        for identity, reply in replies:
             try:
                 send([identity] + reply, zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # the peer went away; it will retry and get an idempotent answer

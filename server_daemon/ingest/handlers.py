@@ -57,6 +57,8 @@ def is_disk_full(exc: BaseException) -> bool:
 
 #: kinds whose handler writes more than one statement: they run inside a savepoint
 MULTI_WRITE_KINDS = frozenset({"enroll", "upload_begin", "upload_commit"})
+#: kinds that store nothing (their message id aside): answered even when the batch cannot commit
+READ_ONLY_KINDS = frozenset({"ping", "status", "federation", "artifact_info", "artifact_chunk"})
 
 
 def upload_id_for(fingerprint: str, federation: str, kind: str, sha256: bytes) -> str:
@@ -91,6 +93,7 @@ class Handlers:
         self._clients: dict[str, Client] = {}
         self._feds: dict = {}
         self._data_version = -1
+        self._read_only: set[bytes] = set()
 
     def load_recent_ids(self) -> None:
         """After a restart: the replay guard learns the ids of the requests of the last two windows."""
@@ -110,6 +113,43 @@ class Handlers:
     def invalidate(self) -> None:
         """Our own writes (the supervisor's): reload the caches before the next batch."""
         self._data_version = -1
+
+    def handle_batch(self, batch: list[list[bytes]],
+                     curve_keys: list[str | None] | None = None) -> list[tuple[bytes, list[bytes]]]:
+        """Group commit: every request of ``batch`` (ROUTER identity first) in one transaction.
+
+        Returns ``(identity, reply frames)`` per request, to be sent once this has returned: the
+        COMMIT (the fsync) is behind every acknowledgement. When the disk is full, nothing of the
+        batch is acknowledged: every request gets DISK_FULL, and the daemon goes on.
+        """
+        self.refresh()
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self._read_only = set()
+        done: list[tuple[bytes, bytes, list[bytes]]] = []
+        remember: list[tuple[bytes, int]] = []
+        keys = curve_keys or [None] * len(batch)
+        try:
+            with self.store.transaction():
+                for frames, key in zip(batch, keys):
+                    msg_id, reply = self.handle_request(frames[1:], remember, key)
+                    done.append((frames[0], msg_id, reply))
+                if remember:
+                    self.store.remember(remember)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error("the disk of %s is full: a batch of %d requests was not stored (%s)", self.store.state_dir,
+                      len(batch), exc)
+            self.invalidate()
+            err = E.DiskFull("the server's disk is full; nothing of this request was stored: retry later")
+            self.stats.rejected[err.code] += len(batch)
+            # reads are still answered (their ids stay in the in-memory replay guard); writes are not
+            answered = {msg_id: reply for _, msg_id, reply in done if msg_id in self._read_only}
+            ids = [msg_id for _, msg_id, _ in done] + [b""] * (len(batch) - len(done))
+            return [(frames[0], answered.get(msg_id) or encode_reply(msg_id, error=err))
+                    for frames, msg_id in zip(batch, ids)]
+        return [(identity, reply) for identity, _, reply in done]
 
     def handle(self, frames: list[bytes], remember: list, curve_key: str | None = None) -> list[bytes]:
         """One request (its frames after the ROUTER identity) inside the caller's transaction; the reply frames."""
@@ -132,6 +172,8 @@ class Handlers:
             req = open_request(frames, self._key_for, self.guard, limits=self.limits)
             msg_id = req.header.msg_id
             remember.append((msg_id, req.header.created_ms))
+            if req.header.kind in READ_ONLY_KINDS:
+                self._read_only.add(msg_id)
             if curve_key is not None:
                 self._check_curve(req, curve_key)
             savepoint = req.header.kind in MULTI_WRITE_KINDS
@@ -146,8 +188,10 @@ class Handlers:
                 db.execute("ROLLBACK TO req")
                 db.execute("RELEASE req")
             if is_disk_full(exc):
+                if not db.in_transaction:  # SQLite rolled the whole batch back: it cannot be acknowledged
+                    raise
                 log.error("the disk of %s is full: %s", self.store.state_dir, exc)
-                exc = E.DiskFull(f"the server's disk is full; nothing of this request was stored: retry later")
+                exc = E.DiskFull("the server's disk is full; nothing of this request was stored: retry later")
             elif not isinstance(exc, E.ProtocolError):
                 log.exception("internal error while handling a request")
                 exc = E.InternalError()

@@ -242,6 +242,8 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            if not self.db.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL and I/O errors
+                raise sqlite3.OperationalError("database or disk is full: SQLite rolled the transaction back")
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:  # a failed COMMIT (disk full) leaves the transaction open

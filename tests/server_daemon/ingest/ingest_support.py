@@ -27,11 +27,8 @@ class Harness:
         frames = encode_request(kind, payload, key.signing, federation=federation,
                                 include_public_key=include_public_key)
         self.handlers.refresh(force=True)  # the harness writes through the same connection as the handlers
-        remember: list = []
-        with self.store.transaction():
-            reply = self.handlers.handle(frames, remember)
-            if remember:
-                self.store.remember(remember)
+        ((identity, reply),) = self.handlers.handle_batch([[b"site"] + frames])
+        assert identity == b"site"
         return decode_reply(reply)
 
     def site(self, name: str = "site-a", accept: bool = True) -> KeyPair:
