@@ -1,6 +1,6 @@
 """Does one shot beat 50 rounds? One-shot class prompts against centralized training and FedAvg.
 
-Two scenarios (issue 6), each cell one `osfl-server simulate` run (server_daemon/simulate/runner.py):
+Two scenarios (issue 6), each cell one `osfl-server simulate` run (server_daemon/lab/simulate/runner.py):
 
 (a) Fashion-MNIST: the generator `models/sd-fashion-tiny` was pretrained on one half of the training
     set; the other half is split over 10 sites at Dirichlet 0.01, Dirichlet 0.5 and iid; the official
@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server_daemon.simulate.results import human_bytes  # noqa: E402
-from server_daemon.simulate.runner import SimConfig, run_simulation  # noqa: E402
+from server_daemon.lab.simulate.results import human_bytes  # noqa: E402
+from server_daemon.lab.simulate.runner import SimConfig, run_simulation  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from server_daemon.tinymodels import build_resnet  # noqa: E402
 from server_daemon.training.data import normalize, random_resized_crop_flip  # noqa: E402
+from server_daemon.training.models import build_resnet  # noqa: E402
 
 
 def main(argv=None) -> int:

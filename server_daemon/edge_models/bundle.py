@@ -11,6 +11,7 @@ unpacked file at the site back to the server's key.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import platform
@@ -23,7 +24,7 @@ from typing import Any
 
 from protocol.bundles import (BUNDLE_FORMAT, LATEST, MANIFEST_NAME, META_KIND, artifact_name, check_version,
                               dump_manifest, parse_manifest)
-from protocol.files import file_sha256
+from protocol.files import atomic_writer, file_sha256
 
 from .export import ExportError, export_captioner, export_classifier, export_vae_encoder
 
@@ -111,10 +112,7 @@ def pack_bundle(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> P
     manifest = parse_manifest(manifest_raw)
     tar_path = Path(tar_path)
     tar_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tar_path.with_name(tar_path.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        import io
-
+    with atomic_writer(tar_path, mode=0o644) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_raw)), io.BytesIO(manifest_raw))
         for rel in sorted(manifest["files"]):
             path = root / rel
@@ -123,7 +121,6 @@ def pack_bundle(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> P
                 raise ExportError(f"{path} changed after the manifest was written; build the bundle again")
             with open(path, "rb") as f:
                 tar.addfile(_tarinfo(rel, size), f)
-    os.replace(tmp, tar_path)
     return tar_path
 
 

@@ -65,8 +65,6 @@ EXTERNAL_DATA_MODES = ("auto", "always", "never")
 #: BLIP-2's image processor defaults (OpenAI CLIP statistics), used when a directory has none
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ExportError(ServerError):
@@ -79,13 +77,10 @@ class ExportError(ServerError):
 
 def _torch_export(module, args: tuple, path: Path, *, input_names, output_names, dynamic_axes,
                   constant_folding: bool = True, opset: int = OPSET) -> None:
-    import torch
+    from ..training.export import export_graph  # torch: imported when an export runs
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # legacy-exporter deprecation notes and tracer chatter
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=list(input_names),
-                          output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
-                          do_constant_folding=constant_folding, training=torch.onnx.TrainingMode.EVAL)
+    export_graph(module, args, path, input_names=input_names, output_names=output_names,
+                 dynamic_axes=dynamic_axes, constant_folding=constant_folding, opset=opset)
 
 
 def _weights_bytes(directory: Path) -> int:
@@ -216,6 +211,18 @@ def _check_close(name: str, got: np.ndarray, want: np.ndarray, atol: float) -> N
         raise ExportError(f"{name}: onnxruntime differs from torch by {err:.2e} (allowed {atol:.0e})")
 
 
+def _check_graph(what: str, module, path: Path, input_name: str, example, output_names) -> None:
+    """onnxruntime's outputs of the graph at ``path`` against ``module``'s on the one input ``example``
+    (each within 1e-4 of its own scale)."""
+    import torch
+
+    with torch.no_grad():
+        want = [t.numpy() for t in module(example)]
+    got = _ort_session(path).run(None, {input_name: example.numpy()})
+    for name, g, w_ in zip(output_names, got, want):
+        _check_close(f"{what} {name}", g, w_, 1e-4 * max(1.0, float(np.abs(w_).max())))
+
+
 def _rel(paths: list[Path], root: Path) -> list[str]:
     return [p.relative_to(root).as_posix() for p in paths]
 
@@ -328,7 +335,7 @@ def load_blip2(model_dir: str | os.PathLike):
         model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch.float32,
                                                               attn_implementation="eager", local_files_only=True)
     except Exception as exc:
-        raise ExportError(f"cannot load BLIP-2 from {path}: {type(exc).__name__}: {exc}") from None
+        raise ExportError(f"cannot load BLIP-2 from {path}: {type(exc).__name__}: {exc}") from exc
     if model.config.text_config.model_type != "opt":
         raise ExportError(f"{path}: only BLIP-2 with an OPT language model is supported; this one has "
                           f"{model.config.text_config.model_type!r}")
@@ -393,7 +400,7 @@ def export_captioner(model_dir: str | os.PathLike, bundle_root: str | os.PathLik
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, use_fast=True, local_files_only=True)
     except Exception as exc:
-        raise ExportError(f"cannot load the tokenizer of {model_dir}: {type(exc).__name__}: {exc}") from None
+        raise ExportError(f"cannot load the tokenizer of {model_dir}: {type(exc).__name__}: {exc}") from exc
     if not getattr(tok, "is_fast", False):
         raise ExportError(f"{model_dir}: the tokenizer has no fast (tokenizers) form; the edge needs tokenizer.json")
     tok.backend_tokenizer.save(str(out / "tokenizer.json"))
@@ -466,7 +473,7 @@ def load_vae(model_dir: str | os.PathLike):
     try:
         return AutoencoderKL.from_pretrained(sub, local_files_only=True).eval()
     except Exception as exc:
-        raise ExportError(f"cannot load the VAE from {sub}: {type(exc).__name__}: {exc}") from None
+        raise ExportError(f"cannot load the VAE from {sub}: {type(exc).__name__}: {exc}") from exc
 
 
 def export_vae_encoder(model_dir: str | os.PathLike, bundle_root: str | os.PathLike, *, subdir: str = "vae",
@@ -499,11 +506,7 @@ def export_vae_encoder(model_dir: str | os.PathLike, bundle_root: str | os.PathL
                       output_names=["mean", "std"], dynamic_axes=axes)
         files = _finalize(Path(tmp), "encoder.onnx", out / "encoder.onnx", external_data)
     if verify:
-        with torch.no_grad():
-            want = [t.numpy() for t in enc(sample)]
-        got = _ort_session(out / "encoder.onnx").run(None, {"sample": sample.numpy()})
-        for name, g, w_ in zip(("mean", "std"), got, want):
-            _check_close(f"VAE encoder {name}", g, w_, 1e-4 * max(1.0, float(np.abs(w_).max())))
+        _check_graph("VAE encoder", enc, out / "encoder.onnx", "sample", sample, ("mean", "std"))
     return {
         "kind": "sd-vae-encoder",
         "files": {"encoder": _rel(files, root)},
@@ -526,7 +529,7 @@ def load_classifier(model_dir: str | os.PathLike):
     try:
         return AutoModelForImageClassification.from_pretrained(path, local_files_only=True).eval()
     except Exception as exc:
-        raise ExportError(f"cannot load an image classifier from {path}: {type(exc).__name__}: {exc}") from None
+        raise ExportError(f"cannot load an image classifier from {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def count_op(path: str | os.PathLike, op_type: str) -> int:
@@ -539,53 +542,26 @@ def count_op(path: str | os.PathLike, op_type: str) -> int:
 def export_classifier(model_dir: str | os.PathLike | None, bundle_root: str | os.PathLike, *,
                       subdir: str = "classifier", image_size: int = 224, external_data: str = "auto",
                       verify: bool = True, model=None) -> dict[str, Any]:
-    """Export an image classifier (transformers, e.g. ResNet) with BatchNorm kept; logits and features."""
-    import torch
+    """Export an image classifier (transformers, e.g. ResNet) with BatchNorm kept; logits and features.
+
+    The graph is the global model's (``server_daemon.training.export.write_classifier_graph``)
+    with the pooled ``features`` as a second output.
+    """
+    from ..training.export import has_batchnorm, write_classifier_graph
 
     model = model if model is not None else load_classifier(model_dir)
     model.eval()
     root = Path(bundle_root)
     out = root / subdir
     out.mkdir(parents=True, exist_ok=True)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-    class Classifier(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.model = m
-            self.register_buffer("mean", mean)
-            self.register_buffer("std", std)
-
-        def forward(self, pixel_values):
-            x = (pixel_values - self.mean) / self.std
-            base = getattr(self.model, self.model.base_model_prefix, None)
-            head = getattr(self.model, "classifier", None)
-            if base is not None and head is not None:
-                # run the trunk once: pooled features, then the head (ResNet and alike)
-                feats = base(pixel_values=x, return_dict=True).pooler_output
-                return head(feats), torch.flatten(feats, 1)
-            logits = self.model(pixel_values=x, return_dict=True).logits
-            return logits, logits
-
-    wrapper = Classifier(model).eval()
-    pixels = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    with tempfile.TemporaryDirectory(dir=out) as tmp, torch.no_grad():
-        _torch_export(wrapper, (pixels,), Path(tmp) / "model.onnx", input_names=["pixel_values"],
-                      output_names=["logits", "features"],
-                      dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
-                      constant_folding=False)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        wrapper, pixels = write_classifier_graph(model, Path(tmp) / "model.onnx", image_size, features=True)
         files = _finalize(Path(tmp), "model.onnx", out / "model.onnx", external_data)
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     n_bn = count_op(out / "model.onnx", "BatchNormalization")
-    if has_bn and n_bn == 0:
+    if has_batchnorm(model) and n_bn == 0:
         raise ExportError("the classifier lost its BatchNorm layers in export (folded into Conv)")
     if verify:
-        with torch.no_grad():
-            want = [t.numpy() for t in wrapper(pixels)]
-        got = _ort_session(out / "model.onnx").run(None, {"pixel_values": pixels.numpy()})
-        for name, g, w_ in zip(("logits", "features"), got, want):
-            _check_close(f"classifier {name}", g, w_, 1e-4 * max(1.0, float(np.abs(w_).max())))
+        _check_graph("classifier", wrapper, out / "model.onnx", "pixel_values", pixels, ("logits", "features"))
     labels = getattr(model.config, "id2label", None) or {}
     return {
         "kind": "image-classifier",

@@ -6,16 +6,18 @@ a default).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from protocol.constants import (
     DEFAULT_CHUNK_SIZE, MAX_BODY_BYTES, MAX_PAYLOAD_BYTES, MIN_PROTOCOL_VERSION, REPLAY_WINDOW_S,
 )
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/osfl/server.toml")
 CONFIG_ENV = "OSFL_SERVER_CONFIG"
@@ -36,6 +38,15 @@ class LimitsSection:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     replay_window_s: float = REPLAY_WINDOW_S
     min_protocol_version: int = MIN_PROTOCOL_VERSION
+    #: below this much free space on the state directory's filesystem, uploads are refused (DISK_FULL)
+    min_free_bytes: int = 1024 ** 3
+    #: chunked uploads one site may have open at once, and the bytes they may announce in all
+    max_open_uploads_per_site: int = 8
+    max_open_upload_bytes_per_site: int = 4 * MAX_PAYLOAD_BYTES
+    #: an open upload untouched for this long is discarded (its part file removed), in seconds
+    upload_expiry_s: float = 7 * 24 * 3600.0
+    #: enrolments waiting for the operator at most; more are refused (QUOTA_EXCEEDED) until some are decided
+    max_pending_sites: int = 256
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,23 @@ class SynthesisSection:
     save_size: int = 0
 
 
+#: classifier architectures the training recipe knows (``server_daemon.training.models``)
+TRAINING_ARCHS = ("resnet18", "tiny")
+
+
 @dataclass(frozen=True)
-class TrainingSection:
+class TrainingRecipe:
+    """How to train the classifier, once for everything that trains one: the [training] table is
+    parsed into it, ``server_daemon.training.train_classifier`` takes it, and the simulator's
+    baselines (centralized, FedAvg) train with it. Each field is one key of the table, with the
+    same name and default; defaults are FGL's recipe.
+
+    It lives here, torch-free, because `osfl-server run` loads the config but never
+    ``server_daemon.training`` (which re-exports it). Constructing one checks nothing, so that each
+    caller raises its own error (the loader a ``ConfigError``, training a ``TrainingError``);
+    :meth:`problem` says what is out of range.
+    """
+
     #: resnet18 (FGL's classifier) or tiny (tests, demo)
     arch: str = "resnet18"
     image_size: int = 224
@@ -76,11 +102,41 @@ class TrainingSection:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 2e-4
+    #: share of the (synthetic) training images held out for model selection
     val_fraction: float = 0.1
     seed: int = 0
+    #: "auto" (CUDA if present, else the CPU), "cuda", "cuda:N" or "cpu"; not part of what a run is
     device: str = "auto"
     #: RandomResizedCrop + flip (FGL's); false: images only resized (small grey images, simulations)
     augment: bool = True
+
+    def problem(self) -> str | None:
+        """The first setting out of range, as a sentence naming the key and the value, or None."""
+        if self.arch not in TRAINING_ARCHS:
+            return f"unknown arch {self.arch!r}; expected one of {', '.join(TRAINING_ARCHS)}"
+        for name in ("image_size", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                return f"{name} must be a positive integer, got {v!r}"
+        if self.image_size < 8:
+            return f"image_size must be at least 8 pixels, got {self.image_size}"
+        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
+            return (f"lr must be > 0, momentum and weight_decay >= 0; got lr={self.lr}, "
+                    f"momentum={self.momentum}, weight_decay={self.weight_decay}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            return f"val_fraction must be in [0, 1), got {self.val_fraction}"
+        return None
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that define a run's result (all but ``device``): a checkpoint is resumed only
+        under the same ones, and ``metrics.json`` records them."""
+        settings = dataclasses.asdict(self)
+        del settings["device"]
+        return settings
+
+    def replace(self, **changes: Any) -> "TrainingRecipe":
+        """A copy with ``changes``; an unknown name is a TypeError, as for the constructor."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -98,7 +154,8 @@ class ServerConfig:
     limits: LimitsSection = field(default_factory=LimitsSection)
     ingest: IngestSection = field(default_factory=IngestSection)
     synthesis: SynthesisSection = field(default_factory=SynthesisSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
+    #: the [training] table is the training recipe itself (its fields, defaults and range checks)
+    training: TrainingRecipe = field(default_factory=TrainingRecipe)
     jobs: JobsSection = field(default_factory=JobsSection)
 
     @property
@@ -120,7 +177,7 @@ class ServerConfig:
 
 
 _SECTIONS = {"server": ServerSection, "limits": LimitsSection, "ingest": IngestSection,
-             "synthesis": SynthesisSection, "training": TrainingSection, "jobs": JobsSection}
+             "synthesis": SynthesisSection, "training": TrainingRecipe, "jobs": JobsSection}
 
 
 def resolve_config_path(path: str | os.PathLike | None) -> Path:
@@ -158,7 +215,7 @@ def load_config(path: str | os.PathLike | None = None) -> ServerConfig:
     try:
         raw = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"{p}: unknown section(s) {', '.join(unknown)}; known: {', '.join(_SECTIONS)}")
@@ -180,6 +237,10 @@ def validate(cfg: ServerConfig) -> None:
                           f"got {lim.chunk_size}")
     if lim.max_body_bytes > 64 * 1024 * 1024:
         raise ConfigError(f"{cfg.path}: [limits] max_body_bytes may be at most 64 MiB; got {lim.max_body_bytes}")
+    if lim.min_free_bytes < 0 or lim.max_open_uploads_per_site < 1 or lim.max_open_upload_bytes_per_site < 1 \
+            or lim.upload_expiry_s < 60 or lim.max_pending_sites < 1:
+        raise ConfigError(f"{cfg.path}: [limits] needs min_free_bytes >= 0, max_open_uploads_per_site >= 1, "
+                          f"max_open_upload_bytes_per_site >= 1, upload_expiry_s >= 60 and max_pending_sites >= 1")
     if lim.replay_window_s < 10:
         raise ConfigError(f"{cfg.path}: [limits] replay_window_s must be at least 10; got {lim.replay_window_s}")
     if not (1 <= ing.batch_max <= 10_000):
@@ -191,11 +252,11 @@ def validate(cfg: ServerConfig) -> None:
             raise ConfigError(f"{cfg.path}: [synthesis] {name} must be at least {lo}; got {value}")
     if syn.size % 8:
         raise ConfigError(f"{cfg.path}: [synthesis] size must be a multiple of 8 (0 = native); got {syn.size}")
-    if tr.arch not in ("resnet18", "tiny"):
-        raise ConfigError(f"{cfg.path}: [training] arch must be resnet18 or tiny; got {tr.arch!r}")
-    if tr.epochs < 1 or tr.batch_size < 1 or tr.image_size < 8 or not (0 < tr.val_fraction < 1):
-        raise ConfigError(f"{cfg.path}: [training] needs epochs >= 1, batch_size >= 1, image_size >= 8 and "
-                          f"0 < val_fraction < 1")
+    problem = tr.problem()
+    if problem:
+        raise ConfigError(f"{cfg.path}: [training] {problem}")
+    if tr.val_fraction == 0:  # the server selects its model on held-out synthetic images
+        raise ConfigError(f"{cfg.path}: [training] val_fraction must be in (0, 1), got {tr.val_fraction}")
     if cfg.jobs.max_attempts < 1:
         raise ConfigError(f"{cfg.path}: [jobs] max_attempts must be at least 1")
 
@@ -203,7 +264,7 @@ def validate(cfg: ServerConfig) -> None:
 def render_config(bind: str, state_dir: str) -> str:
     """The config `osfl-server init` writes: every key, with its default and what it does."""
     d_l, d_i, d_s = LimitsSection(), IngestSection(), SynthesisSection()
-    d_t, d_j = TrainingSection(), JobsSection()
+    d_t, d_j = TrainingRecipe(), JobsSection()
     return f'''# osfl server configuration. Every key is optional except where noted; values shown are defaults.
 
 [server]
@@ -228,6 +289,16 @@ chunk_size = {d_l.chunk_size}
 replay_window_s = {d_l.replay_window_s:g}
 # Oldest protocol version accepted (raise it to stop downgrades once every site is upgraded).
 min_protocol_version = {d_l.min_protocol_version}
+# Below this much free space (bytes) on the state directory's filesystem, uploads are refused with
+# DISK_FULL before anything is written; the daemon stays up and accepts again once space is freed.
+min_free_bytes = {d_l.min_free_bytes}
+# Chunked uploads one site may have open at once, and the bytes they may announce in all.
+max_open_uploads_per_site = {d_l.max_open_uploads_per_site}
+max_open_upload_bytes_per_site = {d_l.max_open_upload_bytes_per_site}
+# An open upload untouched for this many seconds is discarded (the site starts it again).
+upload_expiry_s = {d_l.upload_expiry_s:g}
+# Enrolments waiting for `osfl-server clients accept|reject` at most; more are refused until decided.
+max_pending_sites = {d_l.max_pending_sites}
 
 [ingest]
 # Group commit: up to this many requests share one transaction and one fsync.

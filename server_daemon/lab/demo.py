@@ -9,7 +9,7 @@ each site. The quorum starts synthesis and training in worker processes; each si
 is stopped with SIGTERM, the report is written, and one table is printed.
 
 The hospitals hold real images: Fashion-MNIST classes from the small real subset committed in
-server_daemon/simulate/data/ (MIT-licensed), split with a strong label skew. The generator is the
+server_daemon/lab/simulate/data/ (MIT-licensed), split with a strong label skew. The generator is the
 small Stable-Diffusion-architecture model trained here on the other half of Fashion-MNIST and
 committed under models/sd-fashion-tiny (`osfl-server pretrain-tiny`; models/README.md), so the
 global model, trained only on synthetic images, is scored on real held-out test images and the
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server_daemon.config import set_config_keys
-from server_daemon.simulate.datasets import FASHION_CLASSES, fashion_mnist_subset, pad32
+from server_daemon.ingest.config import set_config_keys
+from server_daemon.lab.simulate.datasets import FASHION_CLASSES, fashion_mnist_subset, pad32
 
 CLASSES = list(FASHION_CLASSES)
 PRETRAINED = Path(__file__).resolve().parents[1] / "models" / "sd-fashion-tiny"
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     set_config_keys(cfg, "training", {"arch": "tiny", "image_size": 32, "epochs": args.epochs, "batch_size": 32,
                                "val_fraction": 0.2, "augment": False})
     server(cfg, "federation", "create", "demo", "--classes", ",".join(CLASSES), "--methods", "class-prompts",
-           "--images-per-class", str(args.images_per_class), "--quorum", str(len(SITES)))
+           "--images-per-class", str(args.images_per_class), "--quorum", str(len(SITES)),
+           "--sites", ",".join(name for name, _ in SITES))
 
     print("[2/7] server: starting the daemon (waits for sd_notify READY=1)")
     notify_path = work / "server" / "notify.sock"

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..tinymodels import _bytes_to_unicode  # GPT-2's byte table, shared with the CLIP tokenizer
+from .tinymodels import _bytes_to_unicode  # GPT-2's byte table, shared with the CLIP tokenizer
 
 #: words with a whole-word token ("Ġword", GPT-2 style); other text is spelled in byte tokens
 TINY_CAPTION_WORDS = (
@@ -154,7 +154,8 @@ def write_tiny_sources(directory: str | os.PathLike, seed: int = 0,
                        labels: Sequence[str] = ("zero", "one", "two")) -> dict[str, Path]:
     """Tiny local sources for a whole bundle: BLIP-2, a Stable Diffusion pipeline (its VAE) and a
     ResNet classifier, each in its own folder under ``directory``; returns the folders by role."""
-    from server_daemon.tinymodels import build_resnet, write_tiny_pipeline
+    from server_daemon.lab.tinymodels import write_tiny_pipeline
+    from server_daemon.training.models import build_resnet
 
     root = Path(directory)
     blip2 = write_tiny_blip2(root / "blip2-tiny", seed=seed)

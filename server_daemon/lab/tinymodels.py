@@ -9,8 +9,10 @@ VAE, scheduler, training, ONNX export) is the real one.
 - :func:`write_tiny_pipeline` writes an ordinary diffusers ``StableDiffusionPipeline`` directory
   (``model_index.json`` + component folders) that ``from_pretrained(dir)`` loads offline. The
   CLIP tokenizer is written from a locally generated ``vocab.json`` + ``merges.txt``.
-- :func:`build_resnet` / :func:`write_tiny_classifier_config` make transformers'
-  ``ResNetForImageClassification`` ("tiny" or "resnet18", the FGL classifier).
+- :func:`write_tiny_classifier_config` writes the config of transformers'
+  ``ResNetForImageClassification`` ("tiny" or "resnet18", the FGL classifier); the model itself,
+  ``build_resnet``, lives with production training in :mod:`server_daemon.training.models` and is
+  re-exported here for the tests and benchmarks that build tiny ones.
 - :func:`main_write_tiny` is what ``osfl-server`` calls to write both into one directory.
 
 torch, diffusers and transformers are imported inside the functions, so importing this module
@@ -23,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from server_daemon.training.models import RESNET_SIZES, build_resnet, resnet_config  # noqa: F401 (re-exported)
+
 #: words that get whole-word tokens in the tiny vocabulary; everything else is spelled in bytes
 TINY_WORDS = (
     "a", "an", "of", "the", "photo", "image", "images", "real", "world", "high", "low", "quality",
@@ -34,14 +38,6 @@ TINY_WORDS = (
 )
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-
-#: ResNet sizes. resnet18 is FGL's classifier (basic blocks, [2,2,2,2], 64..512 channels).
-RESNET_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
-    "resnet18": dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
-                     layer_type="basic"),
-}
-
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable character map (same table CLIPTokenizer builds)."""
@@ -185,42 +181,6 @@ def write_tiny_pipeline(directory: str | os.PathLike, seed: int = 0, sample_size
     pipe.save_pretrained(directory)
     _rmtree(directory / ".build")
     return directory
-
-
-def build_resnet(num_labels: int, size: str = "tiny", labels: Sequence[str] | None = None,
-                 seed: int = 0, num_channels: int = 3):
-    """A freshly initialised (seeded) ``ResNetForImageClassification``.
-
-    ``size`` is "tiny" (a few thousand parameters, for tests) or "resnet18" (FGL's classifier).
-    """
-    import torch
-    from transformers import ResNetForImageClassification
-
-    torch.manual_seed(seed)
-    model = ResNetForImageClassification(resnet_config(num_labels, size, labels, num_channels))
-    model.eval()
-    return model
-
-
-def resnet_config(num_labels: int, size: str = "tiny", labels: Sequence[str] | None = None,
-                  num_channels: int = 3):
-    """The ``ResNetConfig`` for ``size`` ("tiny" or "resnet18") with the label names set."""
-    from transformers import ResNetConfig
-
-    if size not in RESNET_SIZES:
-        raise ValueError(f"unknown classifier size {size!r}; expected one of {', '.join(RESNET_SIZES)}")
-    if num_labels < 1:
-        raise ValueError(f"a classifier needs at least one label, got num_labels={num_labels}")
-    if labels is not None and len(labels) != num_labels:
-        raise ValueError(f"{len(labels)} label names given for num_labels={num_labels}")
-    names = list(labels) if labels is not None else [f"class_{i}" for i in range(num_labels)]
-    return ResNetConfig(
-        num_channels=num_channels,
-        num_labels=num_labels,
-        id2label={i: n for i, n in enumerate(names)},
-        label2id={n: i for i, n in enumerate(names)},
-        **RESNET_SIZES[size],
-    )
 
 
 def write_tiny_classifier_config(directory: str | os.PathLike, labels: Sequence[str],

@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from protocol.files import atomic_write, fsync_dir
+
 from .errors import ShardError
 from .spec import ImageSpec, SynthesisPlan
 
@@ -49,6 +51,8 @@ PLAN_FILE = "plan.json"
 MANIFEST = "manifest.jsonl"
 DATASET_FILE = "dataset.json"
 PARTIAL_SUFFIX = ".partial"
+#: permission bits of the manifests and summaries (atomic_write's temporary file would be 0600)
+FILE_MODE = 0o644
 
 ProgressFn = Callable[[int, int], None]
 
@@ -75,30 +79,6 @@ def shard_name(i: int) -> str:
 
 def image_file(position: int) -> str:
     return f"{position:08d}.png"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def encode_png(image: np.ndarray, save_size: int | None = None) -> bytes:
@@ -175,7 +155,7 @@ def _check_plan_file(out_dir: Path, plan: SynthesisPlan) -> None:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps({"fingerprint": fingerprint, "plan": plan.to_dict()},
-                                  ensure_ascii=False).encode("utf-8"))
+                                  ensure_ascii=False).encode("utf-8"), mode=FILE_MODE)
 
 
 def _as_engine(pipeline):
@@ -283,9 +263,9 @@ def _run_shard(plan, engine, out: Path, shard: int, items, pool: ThreadPoolExecu
         sha, w, h = fut.result()
         records.append(manifest_record(pos, spec, shard, sha, w, h))
     manifest = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write(partial / MANIFEST, manifest.encode("utf-8"))
+    atomic_write(partial / MANIFEST, manifest.encode("utf-8"), mode=FILE_MODE)
     os.replace(partial, final)
-    _fsync_dir(out)
+    fsync_dir(out)
     return len(items)
 
 
@@ -294,13 +274,14 @@ def write_dataset_manifest(out: Path, plan: SynthesisPlan, n_shards: int) -> Non
     lines: list[str] = []
     for s in range(n_shards):
         lines.append((out / shard_name(s) / MANIFEST).read_text(encoding="utf-8"))
-    atomic_write(out / MANIFEST, "".join(lines).encode("utf-8"))
+    atomic_write(out / MANIFEST, "".join(lines).encode("utf-8"), mode=FILE_MODE)
     summary = {
         "federation": plan.federation, "labels": list(plan.labels), "counts": plan.counts(),
         "images": len(plan), "shards": n_shards, "fingerprint": plan.fingerprint(), "complete": True,
         "params": plan.to_dict()["params"],
     }
-    atomic_write(out / DATASET_FILE, json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
+    atomic_write(out / DATASET_FILE, json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"),
+                 mode=FILE_MODE)
 
 
 def read_manifest(source: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:

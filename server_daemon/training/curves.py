@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from protocol.files import atomic_writer
+
 from PIL import Image, ImageDraw, ImageFont
 
 COLORS = {"train": (31, 119, 180), "val": (214, 39, 40)}
@@ -90,7 +92,6 @@ def write_curves(history: Sequence[Mapping[str, Any]], out_png: str | os.PathLik
         draw.text((8, PANEL_H + 2), title, fill=(0, 0, 0), font=_font())
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_writer(out, mode=0o644) as fh:
+        img.save(fh, format="PNG")
     return out

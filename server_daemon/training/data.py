@@ -70,7 +70,7 @@ def load_dataset(source: str | os.PathLike, labels: Sequence[str] | None = None)
     try:
         root, records = read_manifest(source)
     except ShardError as exc:
-        raise DatasetError(str(exc)) from None
+        raise DatasetError(str(exc)) from exc
     if labels is None:
         labels = read_labels(root)
     if labels is None:
@@ -124,7 +124,7 @@ def decode_image(path: Path, size: int) -> torch.Tensor:
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read training image {path} ({type(exc).__name__}); "
-                           "regenerate its shard (rerun the synthesis job)") from None
+                           "regenerate its shard (rerun the synthesis job)") from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

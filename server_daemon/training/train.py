@@ -1,8 +1,9 @@
 """Train the global classifier on the synthetic set; resumable; curves; ONNX export.
 
-FGL's recipe by default: ResNet-18 (transformers' ``ResNetForImageClassification``) from
-scratch, SGD lr 0.01, momentum 0.9, weight decay 2e-4, batch 128, constant learning rate,
-RandomResizedCrop + horizontal flip. Model selection uses a held-out split of the *synthetic*
+FGL's recipe by default (``TrainingRecipe``, the server config's [training] table, defined in
+:mod:`server_daemon.ingest.config`): ResNet-18 (transformers' ``ResNetForImageClassification``,
+:mod:`.models`) from scratch, SGD lr 0.01, momentum 0.9, weight decay 2e-4, batch 128, constant
+learning rate, RandomResizedCrop + horizontal flip. Model selection uses a held-out split of the *synthetic*
 images (``val_fraction``); with ``val_fraction=0`` the last epoch is the model. A test set is
 never looked at here.
 
@@ -20,12 +21,15 @@ run stopped after epoch k and resumed ends with the same weights as an uninterru
 CPU; GPU kernels are not bitwise deterministic). A checkpoint of other settings or another dataset
 is refused with :class:`CheckpointError`.
 
-Device policy: CUDA -> automatic mixed precision (bf16 where supported, else fp16 with a gradient
-scaler) and channels_last; CPU -> fp32.
+Device policy (:class:`DevicePolicy`): CUDA -> automatic mixed precision (bf16 where supported,
+else fp16 with a gradient scaler) and channels_last; CPU -> fp32.
+
+The step itself (:func:`train_epoch` over :class:`Batches`, with :func:`new_classifier` and
+:func:`new_optimizer`) is also what the simulator's centralized and FedAvg baselines train with,
+so the one-shot model and the baselines differ only in their data.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -34,15 +38,19 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from protocol.files import atomic_write, atomic_writer
 
 from .curves import write_curves
 from .data import (Dataset, ImageFiles, Sample, center_resize, load_dataset, normalize, preload,
                    random_resized_crop_flip, split_samples)
 from .errors import CheckpointError, TrainingError
+from .models import build_resnet
+from ..ingest.config import TrainingRecipe
 
 log = logging.getLogger(__name__)
 
@@ -51,43 +59,11 @@ METRICS = "metrics.json"
 CURVES = "curves.png"
 MODEL_DIR = "model"
 ONNX_FILE = "model.onnx"
-ARCHS = ("resnet18", "tiny")
 LR_SCHEDULES = ("constant", "cosine")
 #: preload the decoded images when they take less than this (uint8 bytes)
 CACHE_LIMIT = 4 << 30
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings that define a run; a checkpoint is resumed only under the same ones."""
-
-    arch: str = "resnet18"
-    image_size: int = 224
-    epochs: int = 120
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    val_fraction: float = 0.1
-    seed: int = 0
-    lr_schedule: str = "constant"
-    augment: bool = True
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise TrainingError(f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise TrainingError(f"unknown lr_schedule {self.lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
-        for name in ("image_size", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise TrainingError(f"{name} must be a positive integer, got {v!r}")
-        if self.image_size < 8:
-            raise TrainingError(f"image_size must be at least 8 pixels, got {self.image_size}")
-        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
-            raise TrainingError("lr must be > 0, momentum and weight_decay >= 0")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+#: permission bits of the files written here (what a plain open() under umask 022 gives)
+FILE_MODE = 0o644
 
 
 @dataclass
@@ -111,37 +87,59 @@ EpochFn = Callable[[dict], "bool | None"]
 ProgressFn = Callable[[int, int], None]
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    digest = hashlib.sha256(f"osfl-train\0{seed}\0{epoch}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & ((1 << 63) - 1))
+# ---- the pieces every classifier training uses (one-shot here, the simulator's baselines) -------
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """Where the steps run and how: CUDA -> automatic mixed precision (bf16 where supported, else
+    fp16 with a gradient scaler) and channels_last; the CPU -> fp32."""
+
+    device: torch.device
+    amp: bool = False
+    amp_dtype: torch.dtype = torch.float16
+    channels_last: bool = False
+
+    @classmethod
+    def choose(cls, device: str | torch.device | None = None, amp: bool | None = None,
+               channels_last: bool | None = None) -> "DevicePolicy":
+        """``device`` None picks CUDA when torch sees a GPU; ``amp`` and ``channels_last`` None follow it."""
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"device {dev} was requested but torch sees no CUDA GPU; use device 'cpu'")
+        use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
+        use_cl = (dev.type == "cuda") if channels_last is None else bool(channels_last)
+        amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+        return cls(dev, use_amp, amp_dtype, use_cl)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """The gradient scaler: enabled only for fp16 autocast (bf16 and fp32 need none)."""
+        return torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+
+    def inputs(self, x: torch.Tensor, image_size: int, augment: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images -> the model's input on this device: RandomResizedCrop + flip drawn from
+        ``augment`` (or, without one, a plain resize), ImageNet normalisation, the memory format."""
+        x = x.to(self.device, non_blocking=True)
+        x = random_resized_crop_flip(x, image_size, augment) if augment is not None else center_resize(x, image_size)
+        x = normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            return model(pixel_values=x).logits
 
 
-def _lr_at(cfg: TrainConfig, epoch: int) -> float:
-    if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
-    return cfg.lr
+def new_classifier(num_labels: int, recipe: TrainingRecipe, labels: Sequence[str] | None = None):
+    """A freshly initialised classifier of ``recipe.arch``, seeded with ``recipe.seed``."""
+    return build_resnet(num_labels, "tiny" if recipe.arch == "tiny" else "resnet18", labels, seed=recipe.seed)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def new_optimizer(model: torch.nn.Module, recipe: TrainingRecipe) -> torch.optim.Optimizer:
+    """SGD with the recipe's learning rate, momentum and weight decay."""
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay)
 
 
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-class _Batches:
+class Batches:
     """Yields (uint8 images, labels) for index batches, from memory or by decoding files."""
 
     def __init__(self, samples: Sequence[Sample], size: int, cache: bool, num_workers: int, pin: bool):
@@ -149,11 +147,19 @@ class _Batches:
         self.images = self.labels = None
         if cache and self.samples:
             self.images, self.labels = preload(self.samples, size, num_workers)
+        self.count = len(self.samples)
+
+    @classmethod
+    def of_tensors(cls, images: torch.Tensor, labels: torch.Tensor) -> "Batches":
+        """Batches of images already in memory: uint8 (N, 3, H, W) and int64 labels (N,)."""
+        data = cls([], 0, False, 0, False)
+        data.images, data.labels, data.count = images, labels, len(labels)
+        return data
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return self.count
 
-    def iterate(self, batches: list[list[int]]):
+    def iterate(self, batches: list[list[int]]) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         if self.images is not None:
             for idx in batches:
                 t = torch.tensor(idx)
@@ -167,28 +173,86 @@ class _Batches:
 def _index_batches(n: int, batch_size: int, order: torch.Tensor | None) -> list[list[int]]:
     idx = order.tolist() if order is not None else list(range(n))
     batches = [idx[k:k + batch_size] for k in range(0, n, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if batches and len(batches[-1]) == 1:
         batches.pop()  # a batch of one breaks BatchNorm statistics
     return batches
+
+
+@dataclass
+class EpochStats:
+    """What one epoch of :func:`train_epoch` saw: summed loss, correct predictions, images."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                data: Batches, recipe: TrainingRecipe, gen: torch.Generator, policy: DevicePolicy,
+                on_step: Callable[[int], None] | None = None) -> EpochStats:
+    """One epoch of SGD on ``data``, in place: the order and the augmentation are drawn from ``gen``.
+
+    ``on_step(step)`` is called after each optimiser step (0-based). Leaves the model in train mode.
+    """
+    order = torch.randperm(len(data), generator=gen)
+    model.train()
+    stats = EpochStats()
+    for step, (x, y) in enumerate(data.iterate(_index_batches(len(data), recipe.batch_size, order))):
+        x = policy.inputs(x, recipe.image_size, gen if recipe.augment else None)
+        y = y.to(policy.device, non_blocking=True)
+        logits = policy.logits(model, x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        n = y.shape[0]
+        stats.loss_sum += float(loss.detach()) * n
+        stats.correct += int((logits.argmax(1) == y).sum())
+        stats.seen += n
+        if on_step:
+            on_step(step)
+    return stats
+
+
+# ---- the one-shot training run -------------------------------------------------------------------
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    digest = hashlib.sha256(f"osfl-train\0{seed}\0{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & ((1 << 63) - 1))
+
+
+def _lr_at(recipe: TrainingRecipe, lr_schedule: str, epoch: int) -> float:
+    if lr_schedule == "cosine":
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * epoch / recipe.epochs))
+    return recipe.lr
+
+
+def _save_checkpoint(obj: Any, path: Path) -> None:
+    with atomic_writer(path, mode=FILE_MODE) as fh:
+        torch.save(obj, fh)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def train_classifier(
     source: str | os.PathLike | Dataset,
     out_dir: str | os.PathLike,
+    recipe: TrainingRecipe | None = None,
     *,
-    arch: str = "resnet18",
-    image_size: int = 224,
-    epochs: int = 120,
-    batch_size: int = 128,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 2e-4,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    lr_schedule: str = "constant",
-    augment: bool = True,
     device: str | torch.device | None = None,
     labels: Sequence[str] | None = None,
+    lr_schedule: str = "constant",
     amp: bool | None = None,
     channels_last: bool | None = None,
     num_workers: int = 0,
@@ -198,25 +262,30 @@ def train_classifier(
     on_epoch_end: EpochFn | None = None,
     on_progress: ProgressFn | None = None,
     export: bool = True,
+    **settings: Any,
 ) -> TrainingResult:
     """Train a classifier on the synthetic images in ``source`` and write the outputs to ``out_dir``.
 
     ``source`` is a synthesis output directory, its ``manifest.jsonl`` or a loaded
-    :class:`~.data.Dataset`. ``on_epoch_end(metrics)`` is called after each epoch's checkpoint
-    is written; returning True stops the run there (the daemon's cancel; the run can be resumed).
+    :class:`~.data.Dataset`. ``recipe`` (default: FGL's :class:`~server_daemon.ingest.config.TrainingRecipe`) says how
+    to train; keyword ``settings`` named like its fields (``arch=``, ``epochs=``, ...) replace
+    those fields. ``device`` overrides ``recipe.device``; ``lr_schedule`` is "constant" (FGL's) or
+    "cosine". ``on_epoch_end(metrics)`` is called after each epoch's checkpoint is written;
+    returning True stops the run there (the daemon's cancel; the run can be resumed).
     ``on_progress(done_steps, total_steps)`` follows the optimiser steps. ``amp`` and
     ``channels_last`` default to on for CUDA, off for the CPU. ``cache`` "auto" keeps the decoded
     images in memory when they take less than 4 GiB.
     """
-    cfg = TrainConfig(arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                      momentum=momentum, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
-                      lr_schedule=lr_schedule, augment=augment)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {dev} was requested but torch sees no CUDA GPU; use device 'cpu'")
-    use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
-    use_cl = (dev.type == "cuda") if channels_last is None else bool(channels_last)
-    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    cfg = (recipe or TrainingRecipe()).replace(**settings)
+    problem = cfg.problem()
+    if problem:
+        raise TrainingError(problem)
+    if lr_schedule not in LR_SCHEDULES:
+        raise TrainingError(f"unknown lr_schedule {lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
+    if device is None and cfg.device not in ("", "auto"):
+        device = cfg.device
+    policy = DevicePolicy.choose(device, amp, channels_last)
+    dev = policy.device
 
     data = source if isinstance(source, Dataset) else load_dataset(source, labels)
     label_names = list(data.labels)
@@ -226,22 +295,20 @@ def train_classifier(
     if cache == "auto":
         cache = len(data.samples) * 3 * cfg.image_size ** 2 < CACHE_LIMIT
     pin = dev.type == "cuda"
-    train_data = _Batches(train_samples, cfg.image_size, bool(cache), num_workers, pin)
-    val_data = _Batches(val_samples, cfg.image_size, bool(cache), num_workers, pin)
+    train_data = Batches(train_samples, cfg.image_size, bool(cache), num_workers, pin)
+    val_data = Batches(val_samples, cfg.image_size, bool(cache), num_workers, pin)
 
-    from server_daemon.tinymodels import build_resnet
-
-    model = build_resnet(len(label_names), "tiny" if cfg.arch == "tiny" else "resnet18", label_names, seed=cfg.seed)
+    model = new_classifier(len(label_names), cfg, label_names)
     model.to(dev)
-    if use_cl:
+    if policy.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    optimizer = new_optimizer(model, cfg)
+    scaler = policy.scaler()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_key = {"config": dataclasses.asdict(cfg), "dataset": data.fingerprint()}
+    run_config = {**cfg.run_settings(), "lr_schedule": lr_schedule}
+    run_key = {"config": run_config, "dataset": data.fingerprint()}
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
     best_val: float | None = None
@@ -252,7 +319,7 @@ def train_classifier(
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise CheckpointError(f"cannot read {ckpt_path} ({type(exc).__name__}); delete it to start over") from None
+            raise CheckpointError(f"cannot read {ckpt_path} ({type(exc).__name__}); delete it to start over") from exc
         if ckpt.get("run_key") != run_key:
             raise CheckpointError(f"{ckpt_path} belongs to a run with other settings or another dataset; "
                                   "use a new output directory, pass resume=False, or delete the checkpoint")
@@ -275,43 +342,23 @@ def train_classifier(
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.monotonic()
-            gen = _epoch_generator(cfg.seed, epoch)
-            lr_now = _lr_at(cfg, epoch)
+            lr_now = _lr_at(cfg, lr_schedule, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
-            order = torch.randperm(len(train_data), generator=gen)
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for step, (x, y) in enumerate(train_data.iterate(_index_batches(len(train_data), cfg.batch_size, order))):
-                x = x.to(dev, non_blocking=True)
-                y = y.to(dev, non_blocking=True)
-                if cfg.augment:
-                    x = random_resized_crop_flip(x, cfg.image_size, gen)
-                else:
-                    x = center_resize(x, cfg.image_size)
-                x = normalize(x)
-                if use_cl:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model(pixel_values=x).logits
-                    loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                n = y.shape[0]
-                loss_sum += float(loss.detach()) * n
-                correct += int((logits.argmax(1) == y).sum())
-                seen += n
+
+            def on_step(step: int, epoch: int = epoch) -> None:
                 bar.update(1)
                 if on_progress:
                     on_progress(epoch * steps_per_epoch + step + 1, total_steps)
+
+            stats = train_epoch(model, optimizer, scaler, train_data, cfg, _epoch_generator(cfg.seed, epoch),
+                                policy, on_step)
             train_seconds = time.monotonic() - t0
-            val_loss, val_acc = _evaluate(model, val_data, cfg, dev, use_amp, amp_dtype, use_cl)
+            val_loss, val_acc = _evaluate(model, val_data, cfg, policy)
             record = {
-                "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                "val_loss": val_loss, "val_acc": val_acc, "lr": lr_now,
-                "seconds": time.monotonic() - t0, "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0,
+                "epoch": epoch + 1, "train_loss": stats.loss, "train_acc": stats.accuracy,
+                "val_loss": val_loss, "val_acc": val_acc, "lr": lr_now, "seconds": time.monotonic() - t0,
+                "images_per_s": stats.seen / train_seconds if train_seconds > 0 else 0.0,
             }
             history.append(record)
             if val_acc is None or best_val is None or val_acc > best_val:
@@ -319,12 +366,13 @@ def train_classifier(
                 best_state = _cpu_state(model)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}",
                             val_acc="-" if val_acc is None else f"{val_acc:.3f}")
-            _atomic_save({"epoch": epoch + 1, "run_key": run_key, "model": _cpu_state(model),
-                          "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                          "history": history, "best_val": best_val, "best_epoch": best_epoch,
-                          "best_state": best_state}, ckpt_path)
-            _write_metrics(out, cfg, label_names, data, history, best_epoch, best_val, dev, use_amp,
-                           completed=epoch + 1 == cfg.epochs)
+            _save_checkpoint({"epoch": epoch + 1, "run_key": run_key, "model": _cpu_state(model),
+                              "optimizer": optimizer.state_dict(),
+                              "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                              "history": history, "best_val": best_val, "best_epoch": best_epoch,
+                              "best_state": best_state}, ckpt_path)
+            _write_metrics(out, run_config, cfg.val_fraction, label_names, data, history, best_epoch, best_val,
+                           dev, policy.amp, completed=epoch + 1 == cfg.epochs)
             write_curves(history, out / CURVES, title=f"{cfg.arch}, {len(train_samples)} train / "
                                                       f"{len(val_samples)} val synthetic images")
             log.info("epoch %d/%d: train loss %.4f, val acc %s", epoch + 1, cfg.epochs, record["train_loss"],
@@ -354,32 +402,28 @@ def train_classifier(
 
 
 @torch.no_grad()
-def _evaluate(model, data: _Batches, cfg: TrainConfig, dev, use_amp, amp_dtype, use_cl):
+def _evaluate(model, data: Batches, recipe: TrainingRecipe, policy: DevicePolicy):
     if len(data) == 0:
         return None, None
     model.eval()
     loss_sum, correct = 0.0, 0
-    n = len(data)
-    for x, y in data.iterate([list(range(k, min(k + cfg.batch_size, n))) for k in range(0, n, cfg.batch_size)]):
-        x = normalize(center_resize(x.to(dev), cfg.image_size))
-        if use_cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(dev)
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-            logits = model(pixel_values=x).logits.float()
+    n, bs = len(data), recipe.batch_size
+    for x, y in data.iterate([list(range(k, min(k + bs, n))) for k in range(0, n, bs)]):
+        logits = policy.logits(model, policy.inputs(x, recipe.image_size)).float()
+        y = y.to(policy.device)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     return loss_sum / n, correct / n
 
 
-def _write_metrics(out: Path, cfg: TrainConfig, labels, data: Dataset, history, best_epoch, best_val, dev,
-                   use_amp, completed: bool) -> None:
-    _atomic_json({
-        "config": dataclasses.asdict(cfg), "labels": labels, "dataset": str(data.root),
+def _write_metrics(out: Path, run_config: dict, val_fraction: float, labels, data: Dataset, history, best_epoch,
+                   best_val, dev, use_amp, completed: bool) -> None:
+    atomic_write(out / METRICS, json.dumps({
+        "config": run_config, "labels": labels, "dataset": str(data.root),
         "dataset_counts": data.counts(), "device": str(dev), "amp": use_amp,
-        "selection": "held-out synthetic split" if cfg.val_fraction > 0 else "last epoch",
+        "selection": "held-out synthetic split" if val_fraction > 0 else "last epoch",
         "best_epoch": best_epoch, "best_val_acc": best_val, "completed": completed, "epochs": history,
-    }, out / METRICS)
+    }, indent=2, ensure_ascii=False), mode=FILE_MODE)
 
 
 def load_trained(out_dir: str | os.PathLike):

@@ -29,17 +29,17 @@ def tune(server, model_dir, *, images_per_class, shard_size=8, epochs=2):
     text = text.replace("batch_size = 128", "batch_size = 16")
     server.config.write_text(text)
     server.stop(signal.SIGTERM)
-    from server_daemon.config import load_config
+    from server_daemon.ingest.config import load_config
 
     server.cfg = load_config(server.config)
-    server.osfl("federation", "create", "fed", "--classes", ",".join(CLASSES), "--quorum", "1",
+    server.osfl("federation", "create", "fed", "--classes", ",".join(CLASSES), "--quorum", "1", "--all-sites",
                 "--images-per-class", str(images_per_class))
     server.start()
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from server_daemon.tinymodels import write_tiny_pipeline
+    from server_daemon.lab.tinymodels import write_tiny_pipeline
 
     return write_tiny_pipeline(tmp_path_factory.mktemp("models") / "sd-tiny", seed=0)
 

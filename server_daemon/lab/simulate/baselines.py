@@ -1,8 +1,10 @@
 """Baselines on the sites' real images: centralized training and FedAvg (Flower's strategy).
 
-Both use the classifier of the one-shot path (``server_daemon.tinymodels.build_resnet`` with the
-same arch, image size, ImageNet normalisation, SGD settings and torch-only augmentation as
-``server_daemon.training.train``), so the only difference is the data each sees.
+Both train as the one-shot path does: the same :class:`~server_daemon.ingest.config.TrainingRecipe`
+(arch, image size, SGD settings, augmentation) and the same epoch function,
+:func:`server_daemon.training.train.train_epoch` (classifier from ``new_classifier``, ImageNet
+normalisation, torch-only augmentation), so the only difference is the data each sees. They run
+on the CPU whatever ``recipe.device`` says.
 
 - :func:`train_centralized`: SGD on the union of the sites' images; the epoch kept is the best on
   a held-out split of those images (never the test set).
@@ -24,31 +26,18 @@ import copy
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from server_daemon.tinymodels import build_resnet
-from server_daemon.training.data import center_resize, normalize, random_resized_crop_flip
+from server_daemon.training import TrainingRecipe
+from server_daemon.training.train import Batches, DevicePolicy, new_classifier, new_optimizer, train_epoch
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ClassifierRecipe:
-    """What both paths share: the server's [training] settings used for the one-shot model."""
-
-    arch: str = "tiny"
-    image_size: int = 32
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    augment: bool = True
-    seed: int = 0
+#: the baselines train on the CPU, in fp32
+CPU = DevicePolicy(torch.device("cpu"))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -64,50 +53,27 @@ def _gen(seed: int, *tags) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-def new_model(n_classes: int, recipe: ClassifierRecipe, labels: Sequence[str] | None = None):
-    size = "tiny" if recipe.arch == "tiny" else "resnet18"
-    return build_resnet(n_classes, size, labels, seed=recipe.seed)
-
-
-def train_epochs(model, x: torch.Tensor, y: torch.Tensor, epochs: int, recipe: ClassifierRecipe,
+def train_epochs(model, x: torch.Tensor, y: torch.Tensor, epochs: int, recipe: TrainingRecipe,
                  gen: torch.Generator, optimizer=None) -> float:
-    """``epochs`` of SGD on (x, y) in place; returns the last epoch's mean loss."""
+    """``epochs`` of SGD on (x, y) in place, each one :func:`train_epoch`; returns the last epoch's mean loss."""
     if optimizer is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay)
-    model.train()
-    loss_sum, seen = 0.0, 0
+        optimizer = new_optimizer(model, recipe)
+    data, scaler = Batches.of_tensors(x, y), CPU.scaler()
+    loss = 0.0
     for _ in range(epochs):
-        loss_sum, seen = 0.0, 0
-        order = torch.randperm(len(y), generator=gen)
-        for k in range(0, len(y), recipe.batch_size):
-            idx = order[k:k + recipe.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            xb = x[idx]
-            xb = random_resized_crop_flip(xb, recipe.image_size, gen) if recipe.augment \
-                else center_resize(xb, recipe.image_size)
-            logits = model(pixel_values=normalize(xb)).logits
-            loss = F.cross_entropy(logits, y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            seen += len(idx)
+        loss = train_epoch(model, optimizer, scaler, data, recipe, gen, CPU).loss
     model.eval()
-    return loss_sum / max(seen, 1)
+    return loss
 
 
 @torch.no_grad()
-def predict(model, x: torch.Tensor, recipe: ClassifierRecipe, batch: int = 512) -> np.ndarray:
+def predict(model, x: torch.Tensor, recipe: TrainingRecipe, batch: int = 512) -> np.ndarray:
     model.eval()
-    out = []
-    for k in range(0, len(x), batch):
-        out.append(model(pixel_values=normalize(center_resize(x[k:k + batch], recipe.image_size))).logits.argmax(1))
+    out = [CPU.logits(model, CPU.inputs(x[k:k + batch], recipe.image_size)).argmax(1) for k in range(0, len(x), batch)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
-def evaluate(model, x: torch.Tensor, y: np.ndarray, n_classes: int, recipe: ClassifierRecipe) -> dict:
+def evaluate(model, x: torch.Tensor, y: np.ndarray, n_classes: int, recipe: TrainingRecipe) -> dict:
     pred = predict(model, x, recipe)
     y = np.asarray(y)
     per_class = [float((pred[y == c] == c).mean()) if (y == c).any() else None for c in range(n_classes)]
@@ -130,14 +96,14 @@ def model_bytes(model) -> int:
     return sum(t.numel() * 4 for t in model.state_dict().values() if t.dtype.is_floating_point)
 
 
-def train_centralized(x: torch.Tensor, y: np.ndarray, n_classes: int, recipe: ClassifierRecipe, epochs: int,
+def train_centralized(x: torch.Tensor, y: np.ndarray, n_classes: int, recipe: TrainingRecipe, epochs: int,
                       val_fraction: float = 0.1, labels: Sequence[str] | None = None) -> dict:
     """Train on the union of the sites' images; keep the epoch best on the held-out split."""
     t0 = time.monotonic()
     tr, va = holdout(np.asarray(y), val_fraction, recipe.seed)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    model = new_model(n_classes, recipe, labels)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    model = new_classifier(n_classes, recipe, labels)
+    opt = new_optimizer(model, recipe)
     best, best_state, history = -1.0, None, []
     for epoch in range(epochs):
         loss = train_epochs(model, x[tr], yt[tr], 1, recipe, _gen(recipe.seed, "central", epoch), opt)
@@ -173,14 +139,14 @@ def flower_strategy():
                   min_available_clients=1, fit_metrics_aggregation_fn=lambda metrics: {})
 
 
-def run_fedavg(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: int, recipe: ClassifierRecipe,
+def run_fedavg(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: int, recipe: TrainingRecipe,
                rounds: int, local_epochs: int, report_rounds: Sequence[int],
                on_round: Callable[[int, torch.nn.Module], None] | None = None,
                labels: Sequence[str] | None = None) -> dict:
     """FedAvg over the sites' data; ``on_round(r, model)`` is called after each round in ``report_rounds``."""
     t0 = time.monotonic()
     strategy = flower_strategy()
-    global_model = new_model(n_classes, recipe, labels)
+    global_model = new_classifier(n_classes, recipe, labels)
     keys = list(global_model.state_dict().keys())
     per_round_bytes = 2 * model_bytes(global_model)
     sizes = [len(y) for _, y in site_data]
@@ -189,7 +155,7 @@ def run_fedavg(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: int,
         base = copy.deepcopy(global_model.state_dict())
         states = []
         for k, ((x, _), y) in enumerate(zip(site_data, site_y)):
-            local = new_model(n_classes, recipe, labels)
+            local = new_classifier(n_classes, recipe, labels)
             local.load_state_dict(base)
             train_epochs(local, x, y, local_epochs, recipe, _gen(recipe.seed, "fedavg", rnd, k))
             states.append([v.detach().cpu().numpy() for v in local.state_dict().values()])

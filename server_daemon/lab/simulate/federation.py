@@ -1,7 +1,7 @@
 """Run a one-shot federation for real: a daemon on loopback and K sites played by `osfl-edge`.
 
 Every step is the production code path, in separate processes, as an operator and the sites would
-run it (the same way ``server_daemon/demo.py`` does):
+run it (the same way ``server_daemon/lab/demo.py`` does):
 
 - the server: ``python -m server_daemon --config C init|federation create|clients accept|jobs|...``
   and the daemon ``... run`` (readiness awaited on its sd_notify READY=1);
@@ -28,9 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
-from server_daemon.config import load_config, set_config_keys
-from server_daemon.jobs import job_summary
-from server_daemon.store import Store
+from server_daemon.ingest.config import load_config, set_config_keys
+from server_daemon.ingest.supervisor import job_summary
+from server_daemon.ingest.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ class LoopbackFederation:
         """Create ``fed``, have every site prepare + upload, wait for the model, fetch it; return facts."""
         t0 = time.monotonic()
         self.server("federation", "create", fed, "--classes", ",".join(classes), "--methods", method,
-                    "--images-per-class", str(images_per_class), "--quorum", str(len(site_dirs)))
+                    "--images-per-class", str(images_per_class), "--quorum", str(len(site_dirs)),
+                    "--sites", ",".join(site_dirs))
         payload_bytes, prepare_s = {}, 0.0
         for site, data in site_dirs.items():
             if site not in self.sites:

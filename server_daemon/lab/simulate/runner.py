@@ -21,14 +21,12 @@ images, and FedAvg is reported after fixed round counts.
 """
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -144,7 +142,9 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
     """Run everything in ``cfg``; write results into ``out_dir``; return {"meta", "rows", "paths"}."""
     import torch
 
-    from .baselines import ClassifierRecipe, run_fedavg, to_tensor, train_centralized
+    from server_daemon.training import TrainingRecipe
+
+    from .baselines import run_fedavg, to_tensor, train_centralized
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -171,15 +171,15 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
     for name, idx in zip(site_names, parts):
         site_dirs[name] = write_imagefolder(work / "data" / name, _grey32(pool.images[idx]), pool.labels[idx], classes)
     test_dir = write_imagefolder(work / "data" / "test", _grey32(test.images), test.labels, classes)
-    recipe = ClassifierRecipe(arch=cfg.arch, image_size=cfg.image_size, batch_size=cfg.batch_size, lr=cfg.lr,
-                              augment=cfg.augment, seed=cfg.seed)
+    # one recipe for the one-shot model (the federation's [training] table) and the baselines
+    recipe = TrainingRecipe(arch=cfg.arch, image_size=cfg.image_size, epochs=cfg.oneshot_epochs,
+                            batch_size=cfg.batch_size, lr=cfg.lr, val_fraction=0.1, seed=cfg.seed,
+                            augment=cfg.augment)
     rows: list[dict] = []
     synthesis = {"model_dir": str(Path(cfg.model_dir).resolve()), "scheduler": "dpm", "steps": cfg.steps,
                  "guidance": cfg.guidance, "negative_prompt": "", "batch_size": cfg.synthesis_batch,
                  "shard_size": max(cfg.synthesis_batch, 200)}
-    training = {"arch": cfg.arch, "image_size": cfg.image_size, "epochs": cfg.oneshot_epochs,
-                "batch_size": cfg.batch_size, "lr": cfg.lr, "val_fraction": 0.1, "seed": cfg.seed,
-                "augment": cfg.augment}
+    training = recipe.run_settings()
     evaluator_site = None
     with LoopbackFederation(work / "federation", synthesis, training, threads=cfg.threads) as fed:
         for method in [m for m in cfg.methods if m in ONESHOT_METHODS]:
@@ -217,7 +217,8 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
             print(f"[centralized] {cfg.central_epochs} epochs on {len(pool)} images", flush=True)
             x = torch.cat([d[0] for d in site_data])
             y = np.concatenate([d[1] for d in site_data])
-            res = train_centralized(x, y, len(classes), recipe, cfg.central_epochs, labels=classes)
+            res = train_centralized(x, y, len(classes), recipe, cfg.central_epochs, recipe.val_fraction,
+                                    labels=classes)
             ev = score(res["model"], out / "models" / "centralized.onnx")
             rows.append({"method": "centralized", "setting": f"{cfg.central_epochs} epochs",
                          "accuracy": ev["accuracy"], "per_class": [ev["per_class"].get(c) for c in classes],

@@ -27,7 +27,7 @@ from protocol.bundles import parse_manifest  # noqa: E402
 from server_daemon.edge_models.bundle import pack_bundle, write_manifest  # noqa: E402
 from server_daemon.edge_models.export import (count_op, export_captioner, export_classifier,  # noqa: E402
                                               export_vae_encoder, load_blip2)
-from server_daemon.edge_models.tiny import write_tiny_blip2  # noqa: E402
+from server_daemon.lab.tiny_edge import write_tiny_blip2  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_external_data_and_int8(blip2):
 
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory):
-    from server_daemon.tinymodels import write_tiny_pipeline
+    from server_daemon.lab.tinymodels import write_tiny_pipeline
 
     return write_tiny_pipeline(tmp_path_factory.mktemp("sd") / "sd")
 
@@ -143,7 +143,7 @@ def test_vae_encoder_matches_torch(sd_dir, tmp_path):
 
 
 def test_classifier_keeps_batchnorm_and_matches_torch(tmp_path):
-    from server_daemon.tinymodels import build_resnet
+    from server_daemon.training.models import build_resnet
 
     model = build_resnet(3, "tiny", labels=["a", "b", "c"], seed=1)
     entry = export_classifier(None, tmp_path, image_size=32, model=model)

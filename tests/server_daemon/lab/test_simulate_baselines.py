@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from server_daemon.simulate import baselines as b
-from server_daemon.simulate import datasets as ds
+from server_daemon.lab.simulate import baselines as b
+from server_daemon.lab.simulate import datasets as ds
+from server_daemon.training import TrainingRecipe
 
-RECIPE = b.ClassifierRecipe(arch="tiny", image_size=16, batch_size=32, augment=False)
+RECIPE = TrainingRecipe(arch="tiny", image_size=16, batch_size=32, augment=False)
 
 
 def test_weighted_mean_matches_flower_and_numpy():

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from server_daemon.simulate.runner import SimConfig, run_simulation
+from server_daemon.lab.simulate.runner import SimConfig, run_simulation
 
-MODEL = Path(__file__).resolve().parents[2] / "models" / "sd-fashion-tiny"
+MODEL = Path(__file__).resolve().parents[3] / "models" / "sd-fashion-tiny"
 #: measured when the test was written: see the docstring of test_one_shot_model_is_far_above_chance
 MIN_ACCURACY = 0.40
 

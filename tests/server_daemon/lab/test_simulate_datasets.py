@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from server_daemon.simulate import datasets as ds
+from server_daemon.lab.simulate import datasets as ds
 
 
 def test_committed_subset_is_real_fashion_mnist_and_disjoint_from_pretraining():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server_daemon.simulate.partitions import describe, parse, partition
+from server_daemon.lab.simulate.partitions import describe, parse, partition
 
 LABELS = np.repeat(np.arange(10), 100)
 

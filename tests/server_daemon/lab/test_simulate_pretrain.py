@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from server_daemon.pretrain import PretrainConfig, pretrain_tiny
+from server_daemon.lab.pretrain import PretrainConfig, pretrain_tiny
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import json
 
 from PIL import Image
 
-from server_daemon.simulate.results import human_bytes, markdown_table, write_results
+from server_daemon.lab.simulate.results import human_bytes, markdown_table, write_results
 
 ROWS = [
     {"method": "one-shot class-prompts", "setting": "100 img/class", "images_per_class": 100, "accuracy": 0.61,

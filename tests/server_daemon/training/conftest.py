@@ -26,7 +26,8 @@ class ColourEngine:
 
 
 def make_colour_set(out: Path, images_per_class: int = 20) -> Path:
-    from server_daemon.synthesis import GenerationParams, plan_from_class_prompts, run_synthesis
+    from server_daemon.methods import plan_from_class_prompts
+    from server_daemon.synthesis import GenerationParams, run_synthesis
 
     plan = plan_from_class_prompts("fed", LABELS, {"a": None, "b": "quickdraw"}, images_per_class=images_per_class,
                                    params=GenerationParams(steps=1, batch_size=16))

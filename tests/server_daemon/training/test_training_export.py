@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from server_daemon.tinymodels import build_resnet
+from server_daemon.training.models import build_resnet
 from server_daemon.training import ExportError, count_batchnorm, export_onnx, read_metadata, run_onnx
 from server_daemon.training.export import NormalizedClassifier
 
