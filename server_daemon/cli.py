@@ -18,7 +18,7 @@ from protocol.keys import KeyPair, encode_server_key
 from protocol.payloads import METHODS, method_to_kind
 
 from .ingest.config import load_config, render_config, resolve_config_path
-from .edge_models.cli import edge_models_cli
+from .cli_edge_models import edge_models_cli
 from .errors import CONFIG, EXIT_CODES, ConfigError, ServerError
 from .ingest.metrics import is_alive, render_metrics
 from .ingest.store import ALL_SITES, Store

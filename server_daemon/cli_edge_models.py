@@ -52,8 +52,8 @@ def export_cmd(obj, version: str | None, blip2: str | None, vae: str | None, cla
     from protocol import errors as PE
     from protocol.bundles import check_version
 
-    from .bundle import build_bundle, publish_bundle
-    from .export import ExportError
+    from .edge_models.bundle import build_bundle, publish_bundle
+    from .edge_models.export import ExportError
 
     version = version or dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d-%H%M%S")
     try:
@@ -68,7 +68,7 @@ def export_cmd(obj, version: str | None, blip2: str | None, vae: str | None, cla
     with tempfile.TemporaryDirectory(prefix="osfl-edge-models-") as tmp:
         sources: dict = {}
         if tiny:
-            from ..lab.tiny_edge import write_tiny_sources  # the CLI sits above the lab: lazy, --tiny only
+            from .lab.tiny_edge import write_tiny_sources  # the CLI sits above the lab; loaded for --tiny only
 
             sources = {k: str(v) for k, v in write_tiny_sources(Path(tmp) / "tiny-sources").items()}
         sources.update({k: v for k, v in (("blip2", blip2), ("vae", vae), ("classifier", classifier)) if v})
@@ -106,7 +106,7 @@ def export_cmd(obj, version: str | None, blip2: str | None, vae: str | None, cla
 @click.pass_obj
 def list_cmd(obj, as_json: bool) -> None:
     """Published edge model bundles (edge-bundle/*), newest first."""
-    from .bundle import published_bundles
+    from .edge_models.bundle import published_bundles
 
     store = obj.store()
     try:
