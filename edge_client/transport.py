@@ -8,7 +8,8 @@ harmless.
 
 A socket monitor tells "nobody answers" (SERVER_UNREACHABLE) apart from "something answers but
 cannot prove the pinned server key" (HANDSHAKE_FAILED): in the second case TCP connects and the
-CURVE handshake then fails or the connection is dropped.
+CURVE handshake then fails or the connection is dropped, on two attempts in a row (once alone is
+what a daemon restarting mid-handshake looks like, and is retried).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol import errors as E
-from protocol.artifacts import verify_manifest
+from protocol.artifacts import is_older, signed_at, verify_manifest
 from protocol.constants import MAX_BODY_BYTES, MSG_ID_BYTES
 from protocol.envelope import Reply, decode_reply, encode_request, pack
 from protocol.keys import KeyPair
@@ -93,10 +94,16 @@ class Client:
             self._events |= ev["event"]
 
     def _handshake_failed(self) -> bool:
-        """TCP reached the server but CURVE never completed: the pinned key is not the server's."""
-        ok = self._events & _HANDSHAKE_OK
-        return bool(not ok and (self._events & _HANDSHAKE_FAILED
-                                or (self._events & _CONNECTED and self._events & zmq.EVENT_DISCONNECTED)))
+        """libzmq reported a failed CURVE handshake: the pinned key is not the server's."""
+        return bool(not self._events & _HANDSHAKE_OK and self._events & _HANDSHAKE_FAILED)
+
+    def _dropped_before_handshake(self) -> bool:
+        """TCP connected, then the connection went away before CURVE completed. A server that cannot
+        prove the pinned key does this, but so does a daemon killed or restarting mid-handshake (and
+        libzmq may report that as a failed handshake too): either counts as a key failure only when
+        it happens on two consecutive attempts."""
+        return bool(not self._events & _HANDSHAKE_OK and self._events & _CONNECTED
+                    and self._events & zmq.EVENT_DISCONNECTED)
 
     # ---- one request ------------------------------------------------------------------------
 
@@ -108,6 +115,7 @@ class Client:
         reported.
         """
         attempts = self.retries + 1
+        failures = 0  # consecutive attempts whose CURVE handshake failed or was cut off
         for attempt in range(attempts):
             if self.sock is None:
                 self._open()
@@ -118,9 +126,10 @@ class Client:
             reply = self._wait(msg_id)
             if reply is not None:
                 return reply.raise_for_error()
-            failed = self._handshake_failed()
+            bad = self._handshake_failed() or self._dropped_before_handshake()
+            failures = failures + 1 if bad else 0
             self.close()
-            if failed:
+            if failures >= 2 or (failures and attempt + 1 == attempts):
                 raise E.HandshakeFailed(f"{self.cfg.endpoint} answered but could not prove the pinned server "
                                         f"key (CURVE handshake failed)")
             if attempt + 1 < attempts:
@@ -140,8 +149,8 @@ class Client:
             ready = dict(poller.poll(int(left * 1000) + 1))
             if self.monitor in ready:
                 self._drain_monitor()
-                # a failed handshake will not heal by waiting: give up on this attempt early
-                if self._handshake_failed():
+                # a failed or dropped handshake will not heal by waiting: give up on this attempt early
+                if self._handshake_failed() or self._dropped_before_handshake():
                     return None
             if self.sock in ready:
                 reply = decode_reply(self.sock.recv_multipart())
@@ -200,18 +209,27 @@ class Client:
         finally:
             src.close()
 
-    def download(self, name: str, dest: Path, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    def download(self, name: str, dest: Path, on_progress: Callable[[int, int], None] | None = None, *,
+                 accept: Callable[[dict[str, Any]], None] | None = None,
+                 allow_downgrade: bool = False) -> dict[str, Any]:
         """Fetch a signed artifact into ``dest``: chunked, resumable, verified before it is moved in place.
 
-        The manifest must carry the pinned server key's signature and the file its sha256;
-        otherwise nothing is written at ``dest``. ``dest.manifest`` keeps manifest and signature so
-        the file can be checked again later (``verify_artifact``). Returns the manifest.
+        The manifest must carry the pinned server key's signature and be for ``name``, and the file
+        must have its sha256; otherwise nothing is written at ``dest``. When ``dest`` already holds
+        a verified copy of ``name`` signed later than the offered one, the download is refused
+        (``DowngradeRefused``) unless ``allow_downgrade``. ``accept(manifest)`` may refuse the
+        manifest too (by raising), before any chunk is fetched. ``dest.manifest`` keeps manifest and
+        signature so the file can be checked again later (``verify_artifact``). Returns the manifest.
         """
         info = self.call("artifact_info", {"name": name})
-        manifest = verify_manifest(self.server_sign, info["manifest"], info["signature"])
-        if manifest["name"] != name:
-            raise E.BadSignature(f"asked for {name!r}, the server's signed manifest is for {manifest['name']!r}")
+        try:
+            manifest = verify_manifest(self.server_sign, info["manifest"], info["signature"], name=name)
+        except (KeyError, TypeError):
+            raise E.MalformedBody(f"the server's artifact_info for {name!r} lacks manifest or signature") from None
         dest = Path(dest)
+        _refuse_downgrade(dest, manifest, self.server_sign, allow_downgrade)
+        if accept is not None:
+            accept(manifest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
         stamp = dest.with_name(dest.name + ".part.sha256")
@@ -254,16 +272,47 @@ class Client:
         return manifest
 
 
-def verify_artifact(path: Path, server_sign_public: bytes) -> dict[str, Any]:
-    """Check a downloaded file against its stored signed manifest (before every use)."""
+def _stored(side: Path, server_sign_public: bytes, name: str | None = None) -> dict[str, Any]:
+    """The verified manifest kept in a ``.manifest`` side file; ProtocolError when it is not one."""
     import msgpack
 
+    try:
+        stored = msgpack.unpackb(side.read_bytes(), raw=False)
+        manifest, signature = stored["manifest"], stored["signature"]
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        raise E.BadSignature(f"{side} is not a stored signed manifest; fetch the file again") from None
+    return verify_manifest(server_sign_public, manifest, signature, name=name)
+
+
+def _refuse_downgrade(dest: Path, offered: dict[str, Any], server_sign_public: bytes, allow: bool) -> None:
+    """Refuse to replace ``dest`` (verified, same name) with a copy the server signed earlier."""
+    from .errors import DowngradeRefused
+
+    side = dest.with_name(dest.name + ".manifest")
+    if not dest.exists() or not side.exists():
+        return
+    try:
+        installed = _stored(side, server_sign_public, name=offered["name"])
+    except (OSError, E.ProtocolError):
+        return  # not a verified copy of this artifact: nothing to protect, it is replaced
+    if not is_older(offered, installed):
+        return
+    what = (f"the offered {offered['name']} (signed {signed_at(offered)}, sha256 {offered['sha256'].hex()[:16]}...) "
+            f"is older than the one installed at {dest} (signed {signed_at(installed)}, "
+            f"sha256 {installed['sha256'].hex()[:16]}...)")
+    if not allow:
+        raise DowngradeRefused(f"{what}; refusing to downgrade, the installed file was kept")
+    log.warning("%s; replacing it anyway (--allow-downgrade)", what)
+
+
+def verify_artifact(path: Path, server_sign_public: bytes, name: str | None = None) -> dict[str, Any]:
+    """Check a downloaded file against its stored signed manifest (before every use); with ``name``,
+    the manifest must be that artifact's (a model copied over from another federation is refused)."""
     path = Path(path)
     side = path.with_name(path.name + ".manifest")
     if not path.exists() or not side.exists():
         raise E.NotFound(f"{path} or its signed manifest {side} is missing; fetch it again")
-    stored = msgpack.unpackb(side.read_bytes(), raw=False)
-    manifest = verify_manifest(server_sign_public, stored["manifest"], stored["signature"])
+    manifest = _stored(side, server_sign_public, name=name)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -119,13 +119,9 @@ def validate_stream(fh: BinaryIO) -> dict[str, Any]:
         raise E.InvalidPayload(f"a payload field is larger than {STREAM_BUFFER_BYTES} bytes") from None
     except Exception as exc:  # truncated, malformed, or the wrong type where a list or map belongs
         raise E.InvalidPayload(f"the payload is not valid msgpack ({type(exc).__name__})") from exc
-    try:
-        u.skip()
-    except msgpack.OutOfData:
-        return head
-    except Exception:  # trailing garbage that is not even msgpack
-        pass
-    raise E.InvalidPayload("the payload has bytes after its map")
+    if u.read_bytes(1):  # anything at all after the map, a complete object or not
+        raise E.InvalidPayload("the payload has bytes after its map")
+    return head
 
 
 def check_against_federation(payload: Mapping[str, Any], fed: Any) -> None:

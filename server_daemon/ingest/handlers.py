@@ -455,7 +455,10 @@ class Handlers:
                                        f"not {fed.id!r}; commit it under the federation it was begun for")
             # one pass over the file checks the payload while it streams (bounded memory, whatever its
             # size: never stored unparsed) and computes its digest
-            with open(self.store.part_path(up["upload_id"]), "rb") as fh:
+            source = self.store.assembled(up["upload_id"], up["sha256"])
+            if source is None:
+                raise E.UploadNotFound("the server no longer holds the bytes of this upload; start it again")
+            with open(source, "rb") as fh:
                 reader = HashingReader(fh)
                 try:
                     head, invalid = validate_stream(reader), None
@@ -463,6 +466,8 @@ class Handlers:
                     head, invalid = None, exc
                 digest = reader.drain()
             if digest != up["sha256"]:
+                log.warning("upload %s of site %s: %d bytes assembled with sha256 %s, %s announced", up["upload_id"],
+                            client.site, up["size"], digest.hex()[:16], up["sha256"].hex()[:16])
                 raise E.PayloadDigestMismatch(f"the assembled payload has sha256 {digest.hex()[:16]}..., the upload "
                                               f"announced {up['sha256'].hex()[:16]}...; upload it again")
             if invalid is not None:

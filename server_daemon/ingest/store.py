@@ -486,15 +486,25 @@ class Store:
         self.db.execute("UPDATE uploads SET offset=?, updated_ms=? WHERE upload_id=?", (new, now_ms(), upload_id))
         return new
 
+    def assembled(self, upload_id: str, sha256: bytes) -> Path | None:
+        """The file holding an upload's bytes: its part, or (when a commit moved it into blobs/ and then
+        failed before its row committed: a kill, a full disk) the blob of the announced digest."""
+        part = self.part_path(upload_id)
+        if part.exists():
+            return part
+        blob = self.blobs_dir / sha256.hex()
+        return blob if blob.exists() else None
+
     def finish_upload(self, upload_id: str, sha256: bytes) -> str:
         """Move the assembled file, whose digest the caller checked, into blobs/; its relative path."""
         part = self.part_path(upload_id)
-        with open(part, "rb") as f:
-            os.fsync(f.fileno())
         rel = f"blobs/{sha256.hex()}"
-        os.replace(part, self.state_dir / rel)
-        fsync_dir(self.blobs_dir)
-        fsync_dir(self.parts_dir)
+        if part.exists():
+            with open(part, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(part, self.state_dir / rel)
+            fsync_dir(self.blobs_dir)
+            fsync_dir(self.parts_dir)
         self.db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
         return rel
 
