@@ -46,6 +46,11 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
+def _safe(text: str) -> str:
+    """Text from a site, for the operator's terminal: control and escape characters shown, not obeyed."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+
+
 def _fmt_ms(ms: int | None) -> str:
     if not ms:
         return "-"
@@ -163,7 +168,7 @@ def clients_list(obj: Ctx, state: str | None, as_json: bool) -> None:
         return
     click.echo(f"{'FINGERPRINT':32}  {'STATE':9}  {'SITE':20}  {'ENROLLED':23}  NAME")
     for c in rows:
-        click.echo(f"{c.fingerprint:32}  {c.state:9}  {c.site:20}  {_fmt_ms(c.created_ms):23}  {c.name}")
+        click.echo(f"{c.fingerprint:32}  {c.state:9}  {_safe(c.site):20}  {_fmt_ms(c.created_ms):23}  {_safe(c.name)}")
 
 
 def _transition(obj: Ctx, fingerprint: str, action: str) -> None:

@@ -251,3 +251,21 @@ def test_federation_create_demands_a_membership_choice(tmp_path):
     assert r.exit_code == 0 and "clinic-1, clinic-2" in r.output
     s = sqlite3.connect(tmp_path / "state" / "osfl.sqlite3")
     assert "clinic-1" in s.execute("SELECT settings FROM federations").fetchone()[0]
+
+
+def test_clients_list_never_sends_a_sites_escape_sequences_to_the_terminal(tmp_path):
+    """Row 8: even a name stored by an earlier release is shown escaped."""
+    from click.testing import CliRunner
+
+    from server_daemon.cli import cli
+    from server_daemon.ingest.config import load_config
+    from server_daemon.ingest.store import Store
+
+    cfg = tmp_path / "server.toml"
+    CliRunner().invoke(cli, ["--config", str(cfg), "init"])
+    store = Store(load_config(cfg).state_dir)
+    with store.transaction():
+        store.add_pending_client("f" * 32, "clinic", b"k" * 32, "c" * 40, "Clinic\x1b[2J\x1b]0;owned\x07")
+    store.close()
+    out = CliRunner().invoke(cli, ["--config", str(cfg), "clients", "list"]).output
+    assert "\x1b" not in out and "\\x1b[2J" in out
