@@ -8,10 +8,13 @@ Layout under the site home (``osfl-edge --home``)::
       bundles/<version>/       manifest.json, the model files, and signed.msgpack
 
 ``pull`` downloads ``edge-bundle/<version>`` (default ``latest``) through the signed, chunked,
-resumable ``Client.download``: the tar's sha256 must match the manifest the pinned server key
-signed. The tar is then unpacked into a temporary folder next to ``bundles/``; every member must
-be listed in ``manifest.json`` with the same size and sha256, and ``manifest.json`` itself must
-have the sha256 the signed meta names. Only then is the folder renamed into place and
+resumable ``Client.download``: the signed manifest must be for the name asked (for ``latest``, its
+meta names the real version, which is what gets installed and recorded in ``current``), must not
+be older than the current bundle's signed manifest (unless ``allow_downgrade``), and the tar's
+sha256 must match it. The tar is then read strictly (``protocol.bundles.TarReader``: any
+truncated, corrupt or odd tar is refused) into a temporary folder next to ``bundles/``; every
+member must be listed in ``manifest.json`` with the same size and sha256, and ``manifest.json``
+itself must have the sha256 the signed meta names. Only then is the folder renamed into place and
 ``current`` switched, so a crash or a tampered file never leaves a half-installed bundle in use.
 
 ``load_bundle`` checks an installed bundle before use: the stored signature against the pinned
@@ -25,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +36,12 @@ from typing import Any, Callable
 import msgpack
 
 from protocol import errors as PE
-from protocol.artifacts import verify_manifest
-from protocol.bundles import LATEST, MANIFEST_NAME, artifact_name, check_meta, check_version, parse_manifest
+from protocol.artifacts import is_older, signed_at, verify_manifest
+from protocol.bundles import (LATEST, MANIFEST_NAME, MAX_MANIFEST_BYTES, TarReader, artifact_name, check_meta,
+                              check_signed, check_version, parse_manifest)
 from protocol.files import atomic_write, file_sha256
 
-from .errors import BundleError, IntegrityError
+from .errors import BundleError, DowngradeRefused, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +98,14 @@ def _download_dest(home: Path, name: str) -> Path:
 
 
 def pull(client, home: Path, version: str | None = None,
-         on_progress: Callable[[int, int], None] | None = None) -> Bundle:
+         on_progress: Callable[[int, int], None] | None = None, *, allow_downgrade: bool = False) -> Bundle:
     """Download, verify and install bundle ``version`` (default: the server's latest); make it current.
 
     A bad signature or digest on download is the transport's ``BadSignature`` /
-    ``PayloadDigestMismatch``; a tar whose content disagrees with its signed manifest is an
-    ``IntegrityError``. Either way nothing is installed.
+    ``PayloadDigestMismatch``; a manifest signed for another name, or a tar whose content disagrees
+    with its signed manifest, is an ``IntegrityError``; a bundle signed before the current one is a
+    ``DowngradeRefused`` (checked before a byte of the tar is fetched) unless ``allow_downgrade``.
+    Either way nothing is installed.
     """
     wanted = version or LATEST
     try:
@@ -108,23 +113,83 @@ def pull(client, home: Path, version: str | None = None,
     except PE.ProtocolError:
         raise BundleError(f"{wanted!r} is not a bundle version", fix="give a version such as 2026.1, or none for the latest") from None
     dest = _download_dest(home, name)
-    manifest = client.download(name, dest, on_progress=on_progress)  # signature and sha256 checked
+
+    def accept(manifest: dict[str, Any]) -> None:
+        _signed_meta(manifest, name)
+        check_downgrade(home, manifest, allow_downgrade)
+
     try:
-        meta = check_meta(manifest["meta"], wanted)
-    except PE.ProtocolError as exc:
-        raise BundleError(f"{name}: {exc.message}", fix="ask the operator to publish the bundle again") from None
-    side = dest.with_name(dest.name + ".manifest")
-    try:
-        bundle = install(dest, home, meta, side.read_bytes())
+        manifest = client.download(name, dest, on_progress=on_progress, accept=accept)  # signature and sha256 checked
+        meta = _signed_meta(manifest, name)
+        side = dest.with_name(dest.name + ".manifest")
+        bundle = install(dest, home, meta, side.read_bytes(), allow_downgrade=allow_downgrade)
     finally:
         dest.unlink(missing_ok=True)
-        side.unlink(missing_ok=True)
+        dest.with_name(dest.name + ".manifest").unlink(missing_ok=True)
+    if wanted == LATEST:
+        log.info("%s is edge model bundle %s, now current", name, bundle.version)
     return bundle
 
 
-def install(tar_path: Path, home: Path, meta: dict[str, Any], signed: bytes) -> Bundle:
-    """Unpack a downloaded bundle tar into ``models/bundles/<version>``, checking every member."""
+def _signed_meta(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    try:
+        return check_signed(manifest, name)
+    except PE.BadSignature as exc:
+        raise IntegrityError(f"{name}: {exc.message}; nothing was installed") from None
+    except PE.ProtocolError as exc:
+        raise BundleError(f"{name}: {exc.message}", fix="ask the operator to publish the bundle again") from None
+
+
+def _stored_manifest(path: Path) -> dict[str, Any] | None:
+    """The artifact manifest in a bundle folder's ``signed.msgpack`` (not verified), or None."""
+    try:
+        stored = msgpack.unpackb((path / SIGNED_NAME).read_bytes(), raw=False)
+        manifest = msgpack.unpackb(stored["manifest"], raw=False)
+        int(manifest["created_ms"])
+        return manifest if isinstance(manifest.get("meta"), dict) else None
+    except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException):
+        return None
+
+
+def check_downgrade(home: Path, offered: dict[str, Any], allow: bool = False) -> None:
+    """Refuse a bundle signed before the current one (``DowngradeRefused``), unless ``allow``.
+
+    The same version again is never a downgrade (``edge-bundle/<v>`` and ``edge-bundle/latest``
+    are signed a moment apart); a current bundle whose signed manifest is unreadable is not
+    compared (it fails ``load_bundle`` and gets replaced).
+    """
+    current = current_version(home)
+    version = offered.get("meta", {}).get("version")
+    if current is None or version == current:
+        return
+    installed = _stored_manifest(models_dir(home) / "bundles" / current)
+    if installed is None:
+        log.warning("the current edge model bundle %s has no readable signed manifest; not comparing dates", current)
+        return
+    if not is_older(offered, installed):
+        return
+    what = (f"the offered edge model bundle {str(version)[:64]} ({offered.get('name')}, signed {signed_at(offered)}) "
+            f"is older than the installed {current} (signed {signed_at(installed)})")
+    if not allow:
+        raise DowngradeRefused(f"{what}; refusing to downgrade, nothing was installed")
+    log.warning("%s; installing it anyway (--allow-downgrade)", what)
+
+
+def install(tar_path: Path, home: Path, meta: dict[str, Any], signed: bytes, *,
+            allow_downgrade: bool = False) -> Bundle:
+    """Unpack a downloaded bundle tar into ``models/bundles/<version>``, checking every member.
+
+    ``signed`` is the verified ``{"manifest", "signature"}`` the download kept; a bundle signed
+    before the current one is refused unless ``allow_downgrade``.
+    """
     version = check_version(meta["version"])
+    try:
+        offered = msgpack.unpackb(msgpack.unpackb(signed, raw=False)["manifest"], raw=False)
+        int(offered["created_ms"])
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        raise IntegrityError(f"edge model bundle {version}: its signed manifest is unreadable; nothing was installed",
+                             fix=_REPULL) from None
+    check_downgrade(home, offered, allow_downgrade)
     root = models_dir(home) / "bundles"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = root / version
@@ -156,48 +221,54 @@ def _unpack(tar_path: Path, dest: Path, meta: dict[str, Any]) -> None:
                            fix="run `osfl-edge models pull` again; if it repeats, tell the operator")
 
     try:
-        tar = tarfile.open(tar_path, "r:")
-    except tarfile.TarError as exc:
-        raise refuse(f"the download is not a tar file ({exc})") from exc
-    with tar:
-        first = tar.next()
-        if first is None or first.name != MANIFEST_NAME or not first.isfile():
-            raise refuse(f"the tar does not start with {MANIFEST_NAME}")
-        raw = tar.extractfile(first).read()
-        if hashlib.sha256(raw).hexdigest() != meta["manifest_sha256"]:
-            raise refuse(f"{MANIFEST_NAME} is not the one the server signed (sha256 differs)")
-        try:
-            manifest = parse_manifest(raw)
-        except PE.ProtocolError as exc:
-            raise refuse(exc.message) from None
-        if manifest["version"] != meta["version"]:
-            raise refuse(f"the manifest says version {manifest['version']!r}")
-        (dest / MANIFEST_NAME).write_bytes(raw)
-        expected = manifest["files"]
-        seen: set[str] = set()
-        while (member := tar.next()) is not None:  # iterating the TarFile would start over at the manifest
-            rel = member.name
-            if rel not in expected or rel in seen or not member.isfile():
-                raise refuse(f"unexpected tar member {rel[:80]!r} (not a listed regular file, or listed twice)")
-            info = expected[rel]
-            if member.size != info["size"]:
-                raise refuse(f"{rel} has {member.size} bytes, the manifest says {info['size']}")
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            h = hashlib.sha256()
-            src = tar.extractfile(member)
-            with open(target, "wb") as out:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    h.update(block)
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            if h.hexdigest() != info["sha256"]:
-                raise refuse(f"{rel} does not match its sha256 in the manifest (changed or corrupt)")
-            seen.add(rel)
-        missing = sorted(set(expected) - seen)
-        if missing:
-            raise refuse(f"{len(missing)} file(s) listed in the manifest are missing from the tar, e.g. {missing[0]}")
+        with open(tar_path, "rb") as f:
+            _unpack_members(TarReader(f, os.fstat(f.fileno()).st_size), dest, meta, refuse)
+    except PE.ProtocolError as exc:  # the tar's layout (TarReader)
+        raise refuse(exc.message) from None
+
+
+def _unpack_members(tar: TarReader, dest: Path, meta: dict[str, Any], refuse: Callable[[str], IntegrityError]) -> None:
+    first = tar.next()
+    if first is None or first.name != MANIFEST_NAME:
+        raise refuse(f"the tar does not start with {MANIFEST_NAME}")
+    if first.size > MAX_MANIFEST_BYTES:
+        raise refuse(f"{MANIFEST_NAME} has {first.size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may")
+    raw = tar.read(first.size)
+    if hashlib.sha256(raw).hexdigest() != meta["manifest_sha256"]:
+        raise refuse(f"{MANIFEST_NAME} is not the one the server signed (sha256 differs)")
+    try:
+        manifest = parse_manifest(raw)
+    except PE.ProtocolError as exc:
+        raise refuse(exc.message) from None
+    if manifest["version"] != meta["version"]:
+        raise refuse(f"the manifest says version {manifest['version']!r}")
+    (dest / MANIFEST_NAME).write_bytes(raw)
+    expected = manifest["files"]
+    order = sorted(expected)  # the order pack_bundle writes them in: anything else is not its tar
+    seen: set[str] = set()
+    while (member := tar.next()) is not None:
+        rel = member.name
+        if len(seen) >= len(order) or rel != order[len(seen)]:
+            why = "not a listed file" if rel not in expected else "listed twice" if rel in seen else "out of order"
+            raise refuse(f"unexpected tar member {rel[:80]!r} ({why}; the listed files come in sorted order)")
+        info = expected[rel]
+        if member.size != info["size"]:
+            raise refuse(f"{rel} has {member.size} bytes, the manifest says {info['size']}")
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        with open(target, "wb") as out:
+            for block in iter(tar.read, b""):
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != info["sha256"]:
+            raise refuse(f"{rel} does not match its sha256 in the manifest (changed or corrupt)")
+        seen.add(rel)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise refuse(f"{len(missing)} file(s) listed in the manifest are missing from the tar, e.g. {missing[0]}")
 
 
 def set_current(home: Path, version: str) -> None:
@@ -248,6 +319,8 @@ def load_bundle(home: Path, server_sign_public: bytes, version: str | None = Non
         stored = msgpack.unpackb((path / SIGNED_NAME).read_bytes(), raw=False)
         signed = verify_manifest(server_sign_public, stored["manifest"], stored["signature"])
         meta = check_meta(signed["meta"], version)
+        if signed["name"] not in (artifact_name(version), artifact_name(LATEST)):
+            raise PE.BadSignature(f"its stored signed manifest is for {signed['name'][:80]!r}")
     except FileNotFoundError:
         raise BundleError(f"edge model bundle {version} is not installed in {models_dir(home)}") from None
     except PE.ProtocolError as exc:

@@ -370,13 +370,19 @@ def upload(obj: Ctx, file: str | None, data_dir: str | None, federation: str | N
 @click.option("--federation", required=True, help="federation id")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="where to write the model (default: HOME/models/FEDERATION.onnx)")
+@click.option("--allow-downgrade", is_flag=True,
+              help="replace the installed model even with one the server signed earlier")
 @click.pass_obj
-def fetch_model(obj: Ctx, federation: str, out: str | None) -> None:
-    """Download the federation's global model: chunked, resumable, signature and digest checked first."""
+def fetch_model(obj: Ctx, federation: str, out: str | None, allow_downgrade: bool) -> None:
+    """Download the federation's global model: chunked, resumable, signature and digest checked first.
+
+    The server's signed manifest must be for this federation's model, and an older one than the
+    model already at the destination is refused unless --allow-downgrade.
+    """
     cfg = obj.config()
     dest = Path(out) if out else cfg.home / "models" / f"{federation}.onnx"
     with obj.client() as c, _byte_progress("fetch") as progress:
-        manifest = c.download(f"model/{federation}", dest, on_progress=progress)
+        manifest = c.download(f"model/{federation}", dest, on_progress=progress, allow_downgrade=allow_downgrade)
     meta = manifest["meta"]
     acc = meta.get("val_acc")
     click.echo(f"model of {federation}: {dest} ({manifest['size']} bytes, sha256 {manifest['sha256'].hex()[:16]}..., "
@@ -393,9 +399,10 @@ def fetch_model(obj: Ctx, federation: str, out: str | None) -> None:
 @click.option("--threads", default=0, help="onnxruntime threads (0: all cores)")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--no-verify", is_flag=True, help="skip the signature check (for models not fetched with fetch-model)")
+@click.option("--federation", default=None, help="the model must be this federation's (checked in its signature)")
 @click.pass_obj
 def evaluate(obj: Ctx, model: str, data_dir: str, batch_size: int, threads: int, as_json: bool,
-             no_verify: bool) -> None:
+             no_verify: bool, federation: str | None) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a model on this site's images."""
     from .dataset import load_image_folder
     from .evaluate import evaluate as run_eval
@@ -403,7 +410,8 @@ def evaluate(obj: Ctx, model: str, data_dir: str, batch_size: int, threads: int,
 
     if not no_verify:
         # the model is checked against the server's signature before every use
-        verify_artifact(Path(model), obj.config().server_keys()[1])
+        verify_artifact(Path(model), obj.config().server_keys()[1],
+                        name=f"model/{federation}" if federation else None)
     dataset = load_image_folder(data_dir, check_images=True, progress=sys.stderr.isatty())
     result = run_eval(Path(model), dataset, batch_size=batch_size, threads=threads, progress=sys.stderr.isatty())
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.render())
@@ -416,14 +424,19 @@ def models() -> None:
 
 @models.command("pull")
 @click.option("--version", "version", default=None, help="bundle version (default: the server's latest)")
+@click.option("--allow-downgrade", is_flag=True,
+              help="install it even when the server signed it before the bundle in use")
 @click.pass_obj
-def models_pull(obj: Ctx, version: str | None) -> None:
-    """Download the signed bundle (chunked, resumable), check every file, install it and use it."""
+def models_pull(obj: Ctx, version: str | None, allow_downgrade: bool) -> None:
+    """Download the signed bundle (chunked, resumable), check every file, install it and use it.
+
+    A bundle signed before the one in use is refused unless --allow-downgrade.
+    """
     from .bundle import pull
 
     cfg = obj.config()
     with obj.client() as c, _byte_progress("models") as progress:
-        bundle = pull(c, cfg.home, version, on_progress=progress)
+        bundle = pull(c, cfg.home, version, on_progress=progress, allow_downgrade=allow_downgrade)
     size = sum(f["size"] for f in bundle.manifest["files"].values())
     click.echo(f"edge model bundle {bundle.version} installed in {bundle.path} ({size} bytes, signed by the server, "
                f"every file checked): {', '.join(sorted(bundle.manifest['models']))}")

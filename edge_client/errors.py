@@ -115,6 +115,14 @@ class IntegrityError(EdgeError):
     default_fix = "fetch it again; if it keeps failing, tell the operator (someone may be tampering with it)"
 
 
+class DowngradeRefused(IntegrityError):
+    """A validly signed artifact older than the one installed was offered (a replayed old model or
+    bundle); the message names both. ``--allow-downgrade`` installs it on purpose."""
+
+    default_fix = ("keep the installed one; if you really mean to go back to the older one, run the command "
+                   "again with --allow-downgrade (and tell the operator if you did not expect an older one)")
+
+
 #: protocol codes that mean "this site's data does not fit the federation"
 _FEDERATION_CODES = {
     PE.UnknownFederation.code, PE.ClassNotInFederation.code, PE.MethodNotAllowed.code,

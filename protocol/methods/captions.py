@@ -74,6 +74,7 @@ def stream_data(unpacker, head: Mapping[str, Any]) -> None:
     seen = False
     for _ in range(n):
         key = unpacker.unpack()
+        require(isinstance(key, str), "the names of payload field 'data' are strings")
         if key == "captions":
             try:
                 length = unpacker.read_array_header()

@@ -73,3 +73,69 @@ def test_missing_artifact_and_unaccepted_site(server, site_factory, tmp_path):
     pending.enroll()
     with pytest.raises(E.KeyPending):
         pending.download("model/fed1", tmp_path / "m2.onnx")
+
+
+def _row(server, name):
+    store = server.store()
+    try:
+        return store.artifact(name)
+    finally:
+        store.close()
+
+
+def _serve(server, name, row):
+    """Make the server answer ``name`` with another (validly signed) row, as a replaying or
+    compromised mirror would."""
+    store = server.store()
+    try:
+        store.db.execute("UPDATE artifacts SET path=?, size=?, sha256=?, manifest=?, signature=?, created_ms=? "
+                         "WHERE name=?", (row["path"], row["size"], row["sha256"], row["manifest"],
+                                          row["signature"], row["created_ms"], name))
+    finally:
+        store.close()
+
+
+def test_an_older_signed_model_is_refused_unless_allowed(server, site_factory, tmp_path):
+    from edge_client.errors import DowngradeRefused
+
+    old_data = publish(server, tmp_path, size=5_000)
+    old = _row(server, "model/fed1")
+    new_data = publish(server, tmp_path, size=6_000)
+    assert _row(server, "model/fed1")["created_ms"] > old["created_ms"]
+    site = site_factory("careful")
+    dest = tmp_path / "models" / "fed1.onnx"
+    site.download("model/fed1", dest)
+    _serve(server, "model/fed1", old)  # the old model, validly signed, offered again
+    with pytest.raises(DowngradeRefused) as info:
+        site.download("model/fed1", dest)
+    assert info.value.exit_code == 12 and "model/fed1" in info.value.message and "older" in info.value.message
+    assert dest.read_bytes() == new_data and not dest.with_name(dest.name + ".part").exists()
+    assert verify_artifact(dest, site.server_sign, name="model/fed1")["sha256"] == _sha(new_data)
+    manifest = site.download("model/fed1", dest, allow_downgrade=True)
+    assert dest.read_bytes() == old_data and manifest["created_ms"] == old["created_ms"]
+
+
+def _sha(data):
+    import hashlib
+
+    return hashlib.sha256(data).digest()
+
+
+def test_a_manifest_signed_for_another_name_is_refused(server, site_factory, tmp_path):
+    publish(server, tmp_path, name="model/fed1")
+    publish(server, tmp_path, name="model/other-fed")
+    site = site_factory("reader2")
+    dest = tmp_path / "fed1.onnx"
+    site.download("model/fed1", dest)
+    other = tmp_path / "other.onnx"
+    _serve(server, "model/fed1", _row(server, "model/other-fed"))
+    with pytest.raises(E.BadSignature, match="other-fed"):
+        site.download("model/fed1", other)
+    assert not other.exists()
+    # a file and side file copied over from another federation fail the check before use
+    site.download("model/other-fed", other)
+    for suffix in ("", ".manifest"):
+        (tmp_path / ("fed1.onnx" + suffix)).write_bytes((tmp_path / ("other.onnx" + suffix)).read_bytes())
+    verify_artifact(dest, site.server_sign)  # validly signed, but...
+    with pytest.raises(E.BadSignature, match="model/other-fed"):
+        verify_artifact(dest, site.server_sign, name="model/fed1")

@@ -88,7 +88,8 @@ def test_quorum_to_model_fetch_and_evaluate(server, site_factory, tiny_model, tm
     assert verify_artifact(model, site.server_sign)["meta"]["labels"] == CLASSES
     capsys.readouterr()
     try:
-        edge_main(["--home", str(home), "evaluate", "--model", str(model), "--data", str(tmp_path / "data"), "--json"])
+        edge_main(["--home", str(home), "evaluate", "--model", str(model), "--data", str(tmp_path / "data"), "--json",
+                  "--federation", "fed"])
     except SystemExit as exc:
         assert not exc.code
     result = json.loads(capsys.readouterr().out)
