@@ -143,7 +143,9 @@ def soak(sites: int, kills: int, workers: int, seed: int, fill: bool, deadline_s
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="osfl-soak-"))
     disk = work / "disk"
-    mounted = fill and _mount_tmpfs(disk, max(64, sites // 4 + 48))
+    # room for every payload (a 300 KB blob each, and its part while it uploads) and the WAL: the disk
+    # is full only while the soak fills it
+    mounted = fill and _mount_tmpfs(disk, 96 + sites)
     if not mounted:
         disk.mkdir(exist_ok=True)
     daemon = Daemon(work, disk)

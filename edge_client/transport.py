@@ -8,8 +8,8 @@ harmless.
 
 A socket monitor tells "nobody answers" (SERVER_UNREACHABLE) apart from "something answers but
 cannot prove the pinned server key" (HANDSHAKE_FAILED): in the second case TCP connects and the
-CURVE handshake then fails or the connection is dropped, on two attempts in a row (once alone is
-what a daemon restarting mid-handshake looks like, and is retried).
+CURVE handshake then fails or the connection is dropped, on three attempts in a row or on the last
+(once or twice is what a daemon restarting mid-handshake looks like, and is retried).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class Client:
         """TCP connected, then the connection went away before CURVE completed. A server that cannot
         prove the pinned key does this, but so does a daemon killed or restarting mid-handshake (and
         libzmq may report that as a failed handshake too): either counts as a key failure only when
-        it happens on two consecutive attempts."""
+        it happens on three consecutive attempts (or on the last one)."""
         return bool(not self._events & _HANDSHAKE_OK and self._events & _CONNECTED
                     and self._events & zmq.EVENT_DISCONNECTED)
 
@@ -129,7 +129,7 @@ class Client:
             bad = self._handshake_failed() or self._dropped_before_handshake()
             failures = failures + 1 if bad else 0
             self.close()
-            if failures >= 2 or (failures and attempt + 1 == attempts):
+            if failures >= 3 or (failures and attempt + 1 == attempts):
                 raise E.HandshakeFailed(f"{self.cfg.endpoint} answered but could not prove the pinned server "
                                         f"key (CURVE handshake failed)")
             if attempt + 1 < attempts:
