@@ -39,7 +39,7 @@ from server_daemon.ingest.config import set_config_keys
 from server_daemon.lab.simulate.datasets import FASHION_CLASSES, fashion_mnist_subset, pad32
 
 CLASSES = list(FASHION_CLASSES)
-PRETRAINED = Path(__file__).resolve().parents[1] / "models" / "sd-fashion-tiny"
+PRETRAINED = Path(__file__).resolve().parents[2] / "models" / "sd-fashion-tiny"
 #: label skew: each site holds a few classes (images from the committed real subset)
 SITES = [("hospital-north", {"t-shirt": 12, "trouser": 10, "pullover": 8, "dress": 3}),
          ("hospital-south", {"coat": 10, "sandal": 12, "shirt": 6, "sneaker": 2}),

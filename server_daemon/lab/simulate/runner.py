@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 ONESHOT_METHODS = ("class-prompts",)
 METHODS = ONESHOT_METHODS + ("centralized", "fedavg")
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "sd-fashion-tiny"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "sd-fashion-tiny"
 
 
 @dataclass(frozen=True)
