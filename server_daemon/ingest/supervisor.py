@@ -3,9 +3,10 @@
 A federation moves ``open -> synthesizing -> training -> done`` (or ``failed``). Each stage is a
 row in ``jobs``; the daemon's :class:`Supervisor` starts one worker process at a time
 (``python -m server_daemon.jobs --config CFG run JOB``, code in ``server_daemon/jobs/``), so a GPU
-fault or an out-of-memory kill takes down the worker, never ingest. Workers write their progress to the store; the daemon reads
-the exit code and either queues the next stage or retries (up to ``[jobs] max_attempts``, each
-attempt resuming: synthesis skips finished shards, training continues after its last epoch).
+fault or an out-of-memory kill takes down the worker, never ingest. Workers write their progress to
+the store; the daemon reads the exit code and either queues the next stage or retries (up to
+``[jobs] max_attempts``, each attempt resuming: synthesis skips finished shards, training continues
+after its last epoch).
 
 This module never imports the workers' code (it starts them by module name), nor numpy or torch.
 """
