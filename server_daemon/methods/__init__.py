@@ -15,6 +15,8 @@ from types import ModuleType
 
 from protocol.methods import PAYLOAD_KINDS
 
+from .captions import plan_from_captions
+from .class_prompts import plan_from_class_prompts
 from .plan import AcceptedPayload, allocate, plan_from_payloads
 
 __all__ = ["AcceptedPayload", "allocate", "method", "plan_from_captions", "plan_from_class_prompts",
@@ -26,11 +28,3 @@ def method(kind: str) -> ModuleType:
     if kind not in PAYLOAD_KINDS:
         raise KeyError(kind)
     return importlib.import_module(f"{__name__}.{kind}")
-
-
-def __getattr__(name: str):
-    if name == "plan_from_class_prompts":
-        return method("class_prompts").plan_from_class_prompts
-    if name == "plan_from_captions":
-        return method("captions").plan_from_captions
-    raise AttributeError(name)

@@ -16,7 +16,6 @@ SPEC.md); images are indexed by the federation's class list.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -95,11 +94,15 @@ def _accepted(payloads: Any) -> list[AcceptedPayload]:
 
 
 def _method(kind: str):
-    from protocol.methods import PAYLOAD_KINDS
+    from . import method  # the registry (the package imports this module first)
 
-    if kind not in PAYLOAD_KINDS:
-        raise PlanError(f"payload kind {kind!r} has no server method; registered kinds: {', '.join(PAYLOAD_KINDS)}")
-    return importlib.import_module(f"server_daemon.methods.{kind}")
+    try:
+        return method(kind)
+    except KeyError:
+        from protocol.methods import PAYLOAD_KINDS
+
+        raise PlanError(f"payload kind {kind!r} has no server method; registered kinds: "
+                        f"{', '.join(PAYLOAD_KINDS)}") from None
 
 
 def plan_from_payloads(
