@@ -78,7 +78,11 @@ class SynthesisSection:
 
 
 #: classifier architectures the training recipe knows (``server_daemon.training.models``)
-TRAINING_ARCHS = ("resnet18", "tiny")
+TRAINING_ARCHS = ("resnet18", "tiny", "cnn")
+#: label-keeping augmentations (``server_daemon.training.data.augment_batch``)
+AUGMENTATIONS = ("rrc-flip", "shift-flip", "shift")
+#: learning-rate schedules over the run's epochs
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class TrainingRecipe:
     :meth:`problem` says what is out of range.
     """
 
-    #: resnet18 (FGL's classifier) or tiny (tests, demo)
+    #: resnet18 (FGL's classifier), cnn (McMahan et al.'s, the benchmark's) or tiny (tests, demo)
     arch: str = "resnet18"
     image_size: int = 224
     epochs: int = 120
@@ -107,8 +111,14 @@ class TrainingRecipe:
     seed: int = 0
     #: "auto" (CUDA if present, else the CPU), "cuda", "cuda:N" or "cpu"; not part of what a run is
     device: str = "auto"
-    #: RandomResizedCrop + flip (FGL's); false: images only resized (small grey images, simulations)
+    #: augment the training images (with ``augmentation``); false: images only resized
     augment: bool = True
+    #: rrc-flip: RandomResizedCrop + horizontal flip (FGL's); shift-flip: a random shift of up to
+    #: 1/8 of the side (zero padding) + flip, for small images; shift: no flip (digits, text, any
+    #: class whose mirror image is another class)
+    augmentation: str = "rrc-flip"
+    #: constant (FGL's) or cosine (to zero over ``epochs``)
+    lr_schedule: str = "constant"
 
     def problem(self) -> str | None:
         """The first setting out of range, as a sentence naming the key and the value, or None."""
@@ -123,6 +133,12 @@ class TrainingRecipe:
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
             return (f"lr must be > 0, momentum and weight_decay >= 0; got lr={self.lr}, "
                     f"momentum={self.momentum}, weight_decay={self.weight_decay}")
+        if self.augmentation not in AUGMENTATIONS:
+            return f"unknown augmentation {self.augmentation!r}; expected one of {', '.join(AUGMENTATIONS)}"
+        if self.lr_schedule not in LR_SCHEDULES:
+            return f"unknown lr_schedule {self.lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}"
+        if self.arch == "cnn" and self.image_size % 4:
+            return f"arch cnn needs an image_size divisible by 4, got {self.image_size}"
         if not 0.0 <= self.val_fraction < 1.0:
             return f"val_fraction must be in [0, 1), got {self.val_fraction}"
         return None
@@ -330,8 +346,9 @@ shard_size = {d_s.shard_size}
 save_size = {d_s.save_size}
 
 [training]
-# The global classifier: resnet18 (FGL's) or tiny (trials). Trained from scratch on the synthetic set;
-# the model is selected on a held-out synthetic split, never on a test set.
+# The global classifier: resnet18 (FGL's), cnn (McMahan et al.'s CNN, for 28-32 px images such as
+# the committed generators') or tiny (trials). Trained from scratch on the synthetic set; the model
+# is selected on a held-out synthetic split, never on a test set.
 arch = "{d_t.arch}"
 image_size = {d_t.image_size}
 epochs = {d_t.epochs}
@@ -345,8 +362,12 @@ val_fraction = {d_t.val_fraction:g}
 seed = {d_t.seed}
 # auto (CUDA with AMP and channels_last if present, else CPU), cuda, cuda:N or cpu
 device = "{d_t.device}"
-# RandomResizedCrop + horizontal flip during training (FGL's); false only resizes.
+# Augment during training; false only resizes. augmentation: rrc-flip (RandomResizedCrop + flip,
+# FGL's), shift-flip (shift by up to 1/8 + flip: small images) or shift (no flip: digits, text).
 augment = {"true" if d_t.augment else "false"}
+augmentation = "{d_t.augmentation}"
+# Learning rate over the epochs: constant (FGL's) or cosine.
+lr_schedule = "{d_t.lr_schedule}"
 
 [jobs]
 # Start synthesis (then training) by itself once a federation reaches its quorum or deadline;

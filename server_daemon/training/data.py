@@ -192,6 +192,34 @@ def random_resized_crop_flip(images: torch.Tensor, out_size: int, generator: tor
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def random_shift_flip(images: torch.Tensor, out_size: int, generator: torch.Generator, flip: bool = True,
+                      max_shift: float = 0.125) -> torch.Tensor:
+    """Resize to ``out_size``, then shift each image by up to ``max_shift`` of its side in x and y
+    (whole pixels, zero fill: the padded random crop of small-image training) and, with ``flip``,
+    mirror half of them. Floats in [0, 1]; random numbers drawn from ``generator`` on the CPU."""
+    x = center_resize(images, out_size)
+    n = x.shape[0]
+    pad = max(1, int(round(out_size * max_shift)))
+    dx = torch.randint(-pad, pad + 1, (n,), generator=generator).tolist()
+    dy = torch.randint(-pad, pad + 1, (n,), generator=generator).tolist()
+    mirror = (torch.rand(n, generator=generator) < 0.5).tolist() if flip else [False] * n
+    padded = F.pad(x, (pad, pad, pad, pad))
+    out = torch.empty_like(x)
+    for i in range(n):
+        crop = padded[i, :, pad + dy[i]:pad + dy[i] + out_size, pad + dx[i]:pad + dx[i] + out_size]
+        out[i] = crop.flip(-1) if mirror[i] else crop
+    return out
+
+
+def augment_batch(images: torch.Tensor, out_size: int, generator: torch.Generator, augmentation: str) -> torch.Tensor:
+    """The recipe's augmentation by name: "rrc-flip", "shift-flip" or "shift" (no flip)."""
+    if augmentation == "rrc-flip":
+        return random_resized_crop_flip(images, out_size, generator)
+    if augmentation in ("shift-flip", "shift"):
+        return random_shift_flip(images, out_size, generator, flip=augmentation == "shift-flip")
+    raise ValueError(f"unknown augmentation {augmentation!r}; expected rrc-flip, shift-flip or shift")
+
+
 def center_resize(images: torch.Tensor, out_size: int) -> torch.Tensor:
     """Evaluation transform: floats in [0, 1], resized to ``out_size`` when needed."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()

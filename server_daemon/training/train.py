@@ -46,10 +46,10 @@ import torch.nn.functional as F
 from protocol.files import atomic_write, atomic_writer
 
 from .curves import write_curves
-from .data import (Dataset, ImageFiles, Sample, center_resize, load_dataset, normalize, preload,
-                   random_resized_crop_flip, split_samples)
+from .data import (Dataset, ImageFiles, Sample, augment_batch, center_resize, load_dataset, normalize, preload,
+                   split_samples)
 from .errors import CheckpointError, TrainingError
-from .models import build_resnet
+from .models import build_classifier, load_classifier
 from ..ingest.config import TrainingRecipe
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ METRICS = "metrics.json"
 CURVES = "curves.png"
 MODEL_DIR = "model"
 ONNX_FILE = "model.onnx"
-LR_SCHEDULES = ("constant", "cosine")
 #: preload the decoded images when they take less than this (uint8 bytes)
 CACHE_LIMIT = 4 << 30
 #: permission bits of the files written here (what a plain open() under umask 022 gives)
@@ -115,11 +114,12 @@ class DevicePolicy:
         """The gradient scaler: enabled only for fp16 autocast (bf16 and fp32 need none)."""
         return torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
-    def inputs(self, x: torch.Tensor, image_size: int, augment: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 images -> the model's input on this device: RandomResizedCrop + flip drawn from
+    def inputs(self, x: torch.Tensor, image_size: int, augment: torch.Generator | None = None,
+               augmentation: str = "rrc-flip") -> torch.Tensor:
+        """uint8 images -> the model's input on this device: the ``augmentation`` drawn from
         ``augment`` (or, without one, a plain resize), ImageNet normalisation, the memory format."""
         x = x.to(self.device, non_blocking=True)
-        x = random_resized_crop_flip(x, image_size, augment) if augment is not None else center_resize(x, image_size)
+        x = augment_batch(x, image_size, augment, augmentation) if augment is not None else center_resize(x, image_size)
         x = normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -130,7 +130,7 @@ class DevicePolicy:
 
 def new_classifier(num_labels: int, recipe: TrainingRecipe, labels: Sequence[str] | None = None):
     """A freshly initialised classifier of ``recipe.arch``, seeded with ``recipe.seed``."""
-    return build_resnet(num_labels, "tiny" if recipe.arch == "tiny" else "resnet18", labels, seed=recipe.seed)
+    return build_classifier(recipe.arch, num_labels, labels, seed=recipe.seed, image_size=recipe.image_size)
 
 
 def new_optimizer(model: torch.nn.Module, recipe: TrainingRecipe) -> torch.optim.Optimizer:
@@ -197,19 +197,23 @@ class EpochStats:
 
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 data: Batches, recipe: TrainingRecipe, gen: torch.Generator, policy: DevicePolicy,
-                on_step: Callable[[int], None] | None = None) -> EpochStats:
+                on_step: Callable[[int], None] | None = None,
+                extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None) -> EpochStats:
     """One epoch of SGD on ``data``, in place: the order and the augmentation are drawn from ``gen``.
 
-    ``on_step(step)`` is called after each optimiser step (0-based). Leaves the model in train mode.
+    ``on_step(step)`` is called after each optimiser step (0-based); ``extra_loss(model)`` is added
+    to each batch's cross-entropy (FedProx's proximal term). Leaves the model in train mode.
     """
     order = torch.randperm(len(data), generator=gen)
     model.train()
     stats = EpochStats()
     for step, (x, y) in enumerate(data.iterate(_index_batches(len(data), recipe.batch_size, order))):
-        x = policy.inputs(x, recipe.image_size, gen if recipe.augment else None)
+        x = policy.inputs(x, recipe.image_size, gen if recipe.augment else None, recipe.augmentation)
         y = y.to(policy.device, non_blocking=True)
         logits = policy.logits(model, x)
         loss = F.cross_entropy(logits.float(), y)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -230,8 +234,9 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & ((1 << 63) - 1))
 
 
-def _lr_at(recipe: TrainingRecipe, lr_schedule: str, epoch: int) -> float:
-    if lr_schedule == "cosine":
+def lr_at(recipe: TrainingRecipe, epoch: int, lr_schedule: str | None = None) -> float:
+    """The learning rate of 0-based ``epoch`` under the recipe's schedule (or ``lr_schedule``)."""
+    if (lr_schedule or recipe.lr_schedule) == "cosine":
         return recipe.lr * 0.5 * (1 + math.cos(math.pi * epoch / recipe.epochs))
     return recipe.lr
 
@@ -252,7 +257,7 @@ def train_classifier(
     *,
     device: str | torch.device | None = None,
     labels: Sequence[str] | None = None,
-    lr_schedule: str = "constant",
+    lr_schedule: str | None = None,
     amp: bool | None = None,
     channels_last: bool | None = None,
     num_workers: int = 0,
@@ -269,19 +274,19 @@ def train_classifier(
     ``source`` is a synthesis output directory, its ``manifest.jsonl`` or a loaded
     :class:`~.data.Dataset`. ``recipe`` (default: FGL's :class:`~server_daemon.ingest.config.TrainingRecipe`) says how
     to train; keyword ``settings`` named like its fields (``arch=``, ``epochs=``, ...) replace
-    those fields. ``device`` overrides ``recipe.device``; ``lr_schedule`` is "constant" (FGL's) or
-    "cosine". ``on_epoch_end(metrics)`` is called after each epoch's checkpoint is written;
+    those fields. ``device`` overrides ``recipe.device``; ``lr_schedule`` ("constant", FGL's, or
+    "cosine") overrides the recipe's. ``on_epoch_end(metrics)`` is called after each epoch's checkpoint is written;
     returning True stops the run there (the daemon's cancel; the run can be resumed).
     ``on_progress(done_steps, total_steps)`` follows the optimiser steps. ``amp`` and
     ``channels_last`` default to on for CUDA, off for the CPU. ``cache`` "auto" keeps the decoded
     images in memory when they take less than 4 GiB.
     """
     cfg = (recipe or TrainingRecipe()).replace(**settings)
+    if lr_schedule is not None:
+        cfg = cfg.replace(lr_schedule=lr_schedule)
     problem = cfg.problem()
     if problem:
         raise TrainingError(problem)
-    if lr_schedule not in LR_SCHEDULES:
-        raise TrainingError(f"unknown lr_schedule {lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
     if device is None and cfg.device not in ("", "auto"):
         device = cfg.device
     policy = DevicePolicy.choose(device, amp, channels_last)
@@ -307,7 +312,7 @@ def train_classifier(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_config = {**cfg.run_settings(), "lr_schedule": lr_schedule}
+    run_config = cfg.run_settings()
     run_key = {"config": run_config, "dataset": data.fingerprint()}
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
@@ -342,7 +347,7 @@ def train_classifier(
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.monotonic()
-            lr_now = _lr_at(cfg, lr_schedule, epoch)
+            lr_now = lr_at(cfg, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
 
@@ -427,10 +432,8 @@ def _write_metrics(out: Path, run_config: dict, val_fraction: float, labels, dat
 
 
 def load_trained(out_dir: str | os.PathLike):
-    """The selected model saved by :func:`train_classifier` (transformers ``from_pretrained``)."""
-    from transformers import ResNetForImageClassification
-
+    """The selected model saved by :func:`train_classifier` (a ResNet or the cnn)."""
     path = Path(out_dir) / MODEL_DIR
     if not (path / "config.json").is_file():
         raise TrainingError(f"{path} holds no trained model; run train_classifier to the end first")
-    return ResNetForImageClassification.from_pretrained(path).eval()
+    return load_classifier(path)

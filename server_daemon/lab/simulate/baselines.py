@@ -8,11 +8,16 @@ on the CPU whatever ``recipe.device`` says.
 
 - :func:`train_centralized`: SGD on the union of the sites' images; the epoch kept is the best on
   a held-out split of those images (never the test set).
-- :func:`run_fedavg`: R rounds; each round every site trains E local epochs from the global
-  weights, then the weighted average (by number of examples) becomes the new global model.
-  The averaging is Flower's ``FedAvg.aggregate_fit`` (flwr 1.41, optional extra ``osfl[fedavg]``),
-  driven in-process: the clients train one after another in this process and only the strategy
-  is Flower's. Flower's Ray-based simulation engine (``flwr[simulation]``, Ray 2.55) was not used:
+- :func:`run_federated`: FedAvg or FedProx for R rounds; each round every site trains E local
+  epochs from the global weights (FedProx adds mu/2 * ||w - w_global||^2 to each batch's loss),
+  then the weighted average (by number of examples) becomes the new global model. The strategies
+  are Flower's ``FedAvg`` and ``FedProx`` (flwr 1.41, optional extra ``osfl[fedavg]``): their
+  ``aggregate_fit`` averages, and the client reads ``proximal_mu`` from the strategy, as a Flower
+  client reads it from its fit config. They are driven in-process: the clients train one after
+  another in this process and only the strategy is Flower's.
+- :func:`tune_federated`: the learning rate (and FedProx's mu) chosen on the sites' own held-out
+  images (:func:`split_sites`: each site keeps back a share of its images; the score is the
+  accuracy over all sites' held-out images pooled), never on the test set. Flower's Ray-based simulation engine (``flwr[simulation]``, Ray 2.55) was not used:
   it starts a Ray cluster with actors per client on the machine's 2 cores, which adds process and
   serialisation overhead and nothing to the arithmetic. Without flwr the same weighted mean is
   computed with numpy (recorded in the result as ``impl``).
@@ -26,6 +31,7 @@ import copy
 import hashlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -54,14 +60,14 @@ def _gen(seed: int, *tags) -> torch.Generator:
 
 
 def train_epochs(model, x: torch.Tensor, y: torch.Tensor, epochs: int, recipe: TrainingRecipe,
-                 gen: torch.Generator, optimizer=None) -> float:
+                 gen: torch.Generator, optimizer=None, extra_loss=None) -> float:
     """``epochs`` of SGD on (x, y) in place, each one :func:`train_epoch`; returns the last epoch's mean loss."""
     if optimizer is None:
         optimizer = new_optimizer(model, recipe)
     data, scaler = Batches.of_tensors(x, y), CPU.scaler()
     loss = 0.0
     for _ in range(epochs):
-        loss = train_epoch(model, optimizer, scaler, data, recipe, gen, CPU).loss
+        loss = train_epoch(model, optimizer, scaler, data, recipe, gen, CPU, extra_loss=extra_loss).loss
     model.eval()
     return loss
 
@@ -97,15 +103,28 @@ def model_bytes(model) -> int:
 
 
 def train_centralized(x: torch.Tensor, y: np.ndarray, n_classes: int, recipe: TrainingRecipe, epochs: int,
-                      val_fraction: float = 0.1, labels: Sequence[str] | None = None) -> dict:
-    """Train on the union of the sites' images; keep the epoch best on the held-out split."""
+                      val_fraction: float = 0.1, labels: Sequence[str] | None = None,
+                      val: tuple[torch.Tensor, np.ndarray] | None = None) -> dict:
+    """Train on (x, y) under the recipe's lr schedule over ``epochs``; keep the epoch best on
+    ``val`` (images, labels) or, without it, on a held-out ``val_fraction`` of each class of (x, y)."""
+    from server_daemon.training.train import lr_at
+
     t0 = time.monotonic()
-    tr, va = holdout(np.asarray(y), val_fraction, recipe.seed)
+    if val is not None:
+        n = len(x)
+        x = torch.cat([x, val[0]])
+        y = np.concatenate([np.asarray(y), np.asarray(val[1])])
+        tr, va = np.arange(n), np.arange(n, len(x))
+    else:
+        tr, va = holdout(np.asarray(y), val_fraction, recipe.seed)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
     model = new_classifier(n_classes, recipe, labels)
     opt = new_optimizer(model, recipe)
     best, best_state, history = -1.0, None, []
+    scheduled = recipe.replace(epochs=epochs)
     for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(scheduled, epoch)
         loss = train_epochs(model, x[tr], yt[tr], 1, recipe, _gen(recipe.seed, "central", epoch), opt)
         val = evaluate(model, x[va], np.asarray(y)[va], n_classes, recipe)["accuracy"] if len(va) else 0.0
         history.append({"epoch": epoch + 1, "loss": loss, "val_acc": val})
@@ -114,6 +133,32 @@ def train_centralized(x: torch.Tensor, y: np.ndarray, n_classes: int, recipe: Tr
     model.load_state_dict(best_state)
     return {"model": model, "history": history, "best_epoch": int(np.argmax([h["val_acc"] for h in history])) + 1,
             "val_acc": best, "seconds": time.monotonic() - t0}
+
+
+STRATEGIES = ("fedavg", "fedprox")
+
+
+def split_sites(site_data: Sequence[tuple[torch.Tensor, np.ndarray]], fraction: float, seed: int
+                ) -> tuple[list[tuple[torch.Tensor, np.ndarray]], list[tuple[torch.Tensor, np.ndarray]]]:
+    """Each site keeps back ``fraction`` of each of its classes (at least one image stays for
+    training): (the sites' training parts, their held-out parts), in site order."""
+    train, val = [], []
+    for k, (x, y) in enumerate(site_data):
+        tr, va = holdout(np.asarray(y), fraction, seed + 7919 * (k + 1))
+        train.append((x[tr], np.asarray(y)[tr]))
+        val.append((x[va], np.asarray(y)[va]))
+    return train, val
+
+
+def pooled_accuracy(model, parts: Sequence[tuple[torch.Tensor, np.ndarray]], recipe: TrainingRecipe) -> float:
+    """Accuracy over all the sites' held-out images together (each site scores its own; the counts
+    are summed, as a federated evaluation round would)."""
+    correct = total = 0
+    for x, y in parts:
+        if len(y):
+            correct += int((predict(model, x, recipe) == np.asarray(y)).sum())
+            total += len(y)
+    return correct / total if total else 0.0
 
 
 def _aggregate(strategy, rnd: int, states: list[list[np.ndarray]], sizes: list[int]) -> list[np.ndarray]:
@@ -128,45 +173,136 @@ def _aggregate(strategy, rnd: int, states: list[list[np.ndarray]], sizes: list[i
     return parameters_to_ndarrays(params)
 
 
-def flower_strategy():
-    """Flower's FedAvg strategy, or None when flwr is not installed."""
+def flower_strategy(name: str = "fedavg", mu: float = 0.0):
+    """Flower's FedAvg or FedProx(proximal_mu=mu) strategy, or None when flwr is not installed."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
     try:
-        from flwr.server.strategy import FedAvg
+        from flwr.server.strategy import FedAvg, FedProx
     except ImportError:
         return None
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    return FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=1, min_evaluate_clients=0,
+    common = dict(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=1, min_evaluate_clients=0,
                   min_available_clients=1, fit_metrics_aggregation_fn=lambda metrics: {})
+    return FedProx(proximal_mu=mu, **common) if name == "fedprox" else FedAvg(**common)
 
 
-def run_fedavg(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: int, recipe: TrainingRecipe,
-               rounds: int, local_epochs: int, report_rounds: Sequence[int],
-               on_round: Callable[[int, torch.nn.Module], None] | None = None,
-               labels: Sequence[str] | None = None) -> dict:
-    """FedAvg over the sites' data; ``on_round(r, model)`` is called after each round in ``report_rounds``."""
+def proximal_term(global_params: list[torch.Tensor], mu: float):
+    """FedProx's mu/2 * ||w - w_global||^2 over the trainable parameters, as an ``extra_loss``."""
+    def term(model: torch.nn.Module) -> torch.Tensor:
+        return 0.5 * mu * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+    return term
+
+
+@dataclass
+class FederatedRun:
+    """What :func:`run_federated` produced: the global model after the last round, the held-out
+    score (when held-out parts were given) and the weights at each reported round."""
+
+    model: torch.nn.Module
+    impl: str
+    bytes_per_round_per_site: int
+    seconds: float
+    val_acc: dict[int, float] = field(default_factory=dict)
+    states: dict[int, dict] = field(default_factory=dict)
+
+
+def run_federated(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: int, recipe: TrainingRecipe,
+                  rounds: int, local_epochs: int, report_rounds: Sequence[int] = (),
+                  on_round: Callable[[int, torch.nn.Module], None] | None = None,
+                  labels: Sequence[str] | None = None, strategy: str = "fedavg", mu: float = 0.0,
+                  val_parts: Sequence[tuple[torch.Tensor, np.ndarray]] | None = None,
+                  keep_states: bool = False) -> FederatedRun:
+    """FedAvg or FedProx over the sites' data with the recipe's lr (constant over rounds).
+
+    After each round in ``report_rounds``: ``on_round(r, model)`` is called, the pooled accuracy on
+    ``val_parts`` (the sites' held-out images) is recorded, and with ``keep_states`` a copy of the
+    weights is kept. Local training of site k in round r draws its order and augmentation from a
+    generator seeded by (seed, r, k), the same for both strategies: FedProx with mu 0 is FedAvg.
+    """
     t0 = time.monotonic()
-    strategy = flower_strategy()
+    flower = flower_strategy(strategy, mu)
     global_model = new_classifier(n_classes, recipe, labels)
     keys = list(global_model.state_dict().keys())
     per_round_bytes = 2 * model_bytes(global_model)
     sizes = [len(y) for _, y in site_data]
     site_y = [torch.as_tensor(np.asarray(y), dtype=torch.long) for _, y in site_data]
+    # Flower's FedProx sends proximal_mu in each client's fit config; the in-process client reads it here
+    prox_mu = float(getattr(flower, "proximal_mu", mu)) if strategy == "fedprox" else 0.0
+    run = FederatedRun(global_model, "", per_round_bytes, 0.0)
     for rnd in range(1, rounds + 1):
         base = copy.deepcopy(global_model.state_dict())
+        global_params = [p.detach().clone() for p in global_model.parameters()]
+        extra = proximal_term(global_params, prox_mu) if prox_mu > 0 else None
         states = []
         for k, ((x, _), y) in enumerate(zip(site_data, site_y)):
+            if not len(y):
+                continue
             local = new_classifier(n_classes, recipe, labels)
             local.load_state_dict(base)
-            train_epochs(local, x, y, local_epochs, recipe, _gen(recipe.seed, "fedavg", rnd, k))
+            train_epochs(local, x, y, local_epochs, recipe, _gen(recipe.seed, "federated", rnd, k), extra_loss=extra)
             states.append([v.detach().cpu().numpy() for v in local.state_dict().values()])
-        avg = _aggregate(strategy, rnd, states, sizes)
+        avg = _aggregate(flower, rnd, states, [n for n in sizes if n])
         new_state = {}
         for key, ref, arr in zip(keys, base.values(), avg):
             new_state[key] = torch.as_tensor(np.asarray(arr)).to(ref.dtype)
         global_model.load_state_dict(new_state)
         global_model.eval()
-        if rnd in report_rounds and on_round is not None:
-            on_round(rnd, global_model)
-        log.info("fedavg round %d/%d done (%.0f s)", rnd, rounds, time.monotonic() - t0)
-    return {"model": global_model, "impl": "flwr.server.strategy.FedAvg (in-process)" if strategy else "numpy weighted mean",
-            "bytes_per_round_per_site": per_round_bytes, "seconds": time.monotonic() - t0}
+        if rnd in report_rounds:
+            if val_parts is not None:
+                run.val_acc[rnd] = pooled_accuracy(global_model, val_parts, recipe)
+            if keep_states:
+                run.states[rnd] = copy.deepcopy(global_model.state_dict())
+            if on_round is not None:
+                on_round(rnd, global_model)
+        log.info("%s round %d/%d done (%.0f s)", strategy, rnd, rounds, time.monotonic() - t0)
+    name = {"fedavg": "FedAvg", "fedprox": "FedProx"}[strategy]
+    run.impl = f"flwr.server.strategy.{name} (in-process)" if flower is not None else "numpy weighted mean"
+    run.seconds = time.monotonic() - t0
+    return run
+
+
+@dataclass
+class TunedRun:
+    """The setting :func:`tune_federated` chose and what every tried setting scored."""
+
+    strategy: str
+    local_epochs: int
+    lr: float
+    mu: float
+    val_acc: float
+    tried: list[dict]
+    run: FederatedRun
+    tune_seconds: float
+
+
+def tune_federated(site_train, site_val, n_classes: int, recipe: TrainingRecipe, *, strategy: str,
+                   local_epochs: int, rounds: int, report_rounds: Sequence[int], lrs: Sequence[float],
+                   mus: Sequence[float] = (0.0,), tune_rounds: int = 0,
+                   labels: Sequence[str] | None = None) -> TunedRun:
+    """Choose lr (and mu for FedProx) by the pooled accuracy on the sites' held-out images after
+    ``tune_rounds`` rounds (0: all ``rounds``), then return the chosen setting's run to ``rounds``
+    with its weights at every round in ``report_rounds``. Ties go to the smaller lr. The test set
+    is never looked at here."""
+    t0 = time.monotonic()
+    tune_rounds = tune_rounds or rounds
+    grid = [(lr, mu) for lr in lrs for mu in (mus if strategy == "fedprox" else (0.0,))]
+    tried, best = [], None
+    reports = sorted(set(r for r in report_rounds if r <= tune_rounds) | {tune_rounds})
+    for lr, mu in grid:
+        cfg = recipe.replace(lr=float(lr))
+        run = run_federated(site_train, n_classes, cfg, tune_rounds, local_epochs, reports, labels=labels,
+                            strategy=strategy, mu=mu, val_parts=site_val, keep_states=tune_rounds == rounds)
+        score = run.val_acc[tune_rounds]
+        tried.append({"lr": lr, "mu": mu, "val_acc": score, "rounds": tune_rounds, "seconds": round(run.seconds, 1)})
+        log.info("%s E=%d lr=%g mu=%g: held-out accuracy %.4f after %d rounds", strategy, local_epochs, lr, mu,
+                 score, tune_rounds)
+        if best is None or score > best[0] + 1e-12:
+            best = (score, lr, mu, run)
+    score, lr, mu, run = best
+    tune_s = time.monotonic() - t0
+    if tune_rounds != rounds:
+        run = run_federated(site_train, n_classes, recipe.replace(lr=float(lr)), rounds, local_epochs,
+                            sorted(set(report_rounds) | {rounds}), labels=labels, strategy=strategy, mu=mu,
+                            val_parts=site_val, keep_states=True)
+    return TunedRun(strategy, local_epochs, float(lr), float(mu), float(score), tried, run, round(tune_s, 1))

@@ -1,23 +1,32 @@
 """`osfl-server simulate`: one simulated federation on real images, against its baselines.
 
-Given a labelled dataset, a partition and K sites, :func:`run_simulation`:
+Given a labelled dataset, a partition, K sites and one seed, :func:`run_simulation`:
 
 1. loads the sites' pool and the real test set (:func:`load_sim_data`; never overlapping, and for
    Fashion-MNIST disjoint from the half that pretrained the generator), splits the pool over the
-   sites (:mod:`.partitions`) and writes each site's images as an ImageFolder;
+   sites (:mod:`.partitions`, seeded) and writes each site's images as an ImageFolder;
 2. the one-shot method ``class-prompts`` (captions would need the edge model bundle pulled by every
    site first; not wired here yet): runs the federation for real
    (:class:`.federation.LoopbackFederation`: daemon on loopback, sites as `osfl-edge` processes,
-   synthesis and training jobs, signed model fetched by a site), once per ``images_per_class``;
+   synthesis and training jobs, signed model fetched by a site) at the largest of
+   ``images_per_class``; each smaller count is the first k images per class of that synthetic set
+   (nested subsets, so a sweep costs one synthesis), trained by the same ``train_classifier`` with
+   the same recipe and scored the same way;
 3. ``centralized``: the same classifier trained on the union of the sites' images;
-4. ``fedavg``: FedAvg (Flower's strategy, in-process; see :mod:`.baselines`) for max(rounds) rounds
-   of ``local_epochs``, the global model scored after each round in ``rounds``;
+4. ``fedavg`` and ``fedprox`` (Flower's strategies, in-process; see :mod:`.baselines`) for each
+   number of ``local_epochs``: the learning rate (and FedProx's mu) chosen on the sites' own
+   held-out images (each site keeps back ``val_fraction`` of its images), the chosen setting
+   scored after each round count in ``rounds``;
 5. scores every model with ``osfl-edge evaluate`` on the same test ImageFolder (baselines are
    exported to ONNX by the server's exporter first), and writes results.md / results.json / plots.
 
+Every method trains with one recipe (:func:`server_daemon.lab.recipe.benchmark_recipe`): McMahan
+et al.'s CNN, SGD, label-keeping augmentation, cosine schedule for one-shot and centralized.
 Model selection never sees the test set: the one-shot model is the epoch best on held-out synthetic
-images (the server's training job), centralized keeps the epoch best on a held-out 10% of the sites'
-images, and FedAvg is reported after fixed round counts.
+images (the server's training job), centralized keeps the epoch best on the sites' held-out images,
+FedAvg/FedProx settings are chosen on the sites' held-out images and reported after fixed round
+counts. The seed drives the partition, the test subsample, the federation id (hence every
+synthetic image's seed), classifier initialisation and every epoch's order and augmentation.
 """
 from __future__ import annotations
 
@@ -38,7 +47,9 @@ from .results import write_results
 log = logging.getLogger(__name__)
 
 ONESHOT_METHODS = ("class-prompts",)
-METHODS = ONESHOT_METHODS + ("centralized", "fedavg")
+FEDERATED = ("fedavg", "fedprox")
+METHODS = ONESHOT_METHODS + ("centralized",) + FEDERATED
+STRATEGY_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx"}
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "sd-fashion-tiny"
 
 
@@ -47,19 +58,30 @@ class SimConfig:
     dataset: str = "fashion-mnist"
     partition: str = "dirichlet:0.5"
     sites: int = 10
-    methods: tuple[str, ...] = ("class-prompts", "centralized", "fedavg")
+    methods: tuple[str, ...] = ("class-prompts", "centralized", "fedavg", "fedprox")
     model_dir: str = str(DEFAULT_MODEL_DIR)
+    #: synthetic images per class: the largest is synthesised, the others are nested subsets of it
     images_per_class: tuple[int, ...] = (100,)
     rounds: tuple[int, ...] = (1, 10, 50)
-    local_epochs: int = 1
-    central_epochs: int = 10
+    #: FedAvg/FedProx local epochs per round: each is tuned and reported
+    local_epochs: tuple[int, ...] = (1, 5)
+    #: learning rates tried for FedAvg/FedProx (chosen on the sites' held-out images)
+    lr_grid: tuple[float, ...] = (0.01, 0.03, 0.1)
+    #: FedProx proximal weights tried
+    mu_grid: tuple[float, ...] = (0.01,)
+    #: rounds of each tuning run (0: all of max(rounds)); the chosen setting then runs max(rounds)
+    tune_rounds: int = 0
+    #: share of each site's images held out (baselines' tuning, centralized's epoch selection)
+    val_fraction: float = 0.1
+    central_epochs: int = 30
     #: epochs of the server's training job on the synthetic set
-    oneshot_epochs: int = 40
-    arch: str = "tiny"
+    oneshot_epochs: int = 30
+    arch: str = "cnn"
     image_size: int = 32
     batch_size: int = 64
+    #: one-shot and centralized lr (the federated baselines tune theirs)
     lr: float = 0.01
-    augment: bool = False
+    augment: bool = True
     #: synthesis: DPM-Solver steps and guidance (the tiny model's settings, ALGORITHMS.md)
     steps: int = 20
     guidance: float = 3.0
@@ -79,6 +101,18 @@ class SimConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; expected some of {', '.join(METHODS)}")
+        if not self.images_per_class or min(self.images_per_class) < 1:
+            raise ValueError(f"images_per_class must be positive counts, got {self.images_per_class}")
+        if any(e < 1 for e in self.local_epochs) or not self.lr_grid:
+            raise ValueError("local_epochs must be >= 1 and lr_grid must name at least one learning rate")
+
+    def recipe(self):
+        """The benchmark's recipe with this run's classifier, sizes, seed and one-shot epochs."""
+        from server_daemon.lab.recipe import benchmark_recipe
+
+        return benchmark_recipe(self.dataset, arch=self.arch, image_size=self.image_size, epochs=self.oneshot_epochs,
+                                batch_size=self.batch_size, lr=self.lr, val_fraction=self.val_fraction,
+                                seed=self.seed, augment=self.augment)
 
 
 def _stratified(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -138,13 +172,24 @@ def _grey32(images: np.ndarray) -> np.ndarray:
     return ds.pad32(images) if images.shape[1] == 28 else images
 
 
+def nested_subset(data, per_class: int):
+    """The first ``per_class`` images of each class of a synthetic :class:`Dataset`, in manifest order."""
+    from server_daemon.training.data import Dataset
+
+    seen: dict[int, int] = {}
+    keep = []
+    for sample in data.samples:
+        if seen.get(sample.label_index, 0) < per_class:
+            seen[sample.label_index] = seen.get(sample.label_index, 0) + 1
+            keep.append(sample)
+    return Dataset(root=data.root, labels=data.labels, samples=tuple(keep))
+
+
 def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = True) -> dict:
     """Run everything in ``cfg``; write results into ``out_dir``; return {"meta", "rows", "paths"}."""
     import torch
 
-    from server_daemon.training import TrainingRecipe
-
-    from .baselines import run_fedavg, to_tensor, train_centralized
+    from .baselines import split_sites, to_tensor, train_centralized, tune_federated
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -164,7 +209,7 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
     site_names = [f"site-{k:02d}" for k in range(cfg.sites)]
     site_counts = describe(pool.labels, parts, len(classes))
     print(f"simulate: {cfg.dataset}, {len(pool)} site images over {cfg.sites} sites ({cfg.partition}), "
-          f"{len(test)} test images", flush=True)
+          f"{len(test)} test images, seed {cfg.seed}", flush=True)
     for name, counts in zip(site_names, site_counts):
         print(f"  {name}: {sum(counts):5d} images, per class {counts}", flush=True)
     site_dirs = {}
@@ -172,38 +217,18 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
         site_dirs[name] = write_imagefolder(work / "data" / name, _grey32(pool.images[idx]), pool.labels[idx], classes)
     test_dir = write_imagefolder(work / "data" / "test", _grey32(test.images), test.labels, classes)
     # one recipe for the one-shot model (the federation's [training] table) and the baselines
-    recipe = TrainingRecipe(arch=cfg.arch, image_size=cfg.image_size, epochs=cfg.oneshot_epochs,
-                            batch_size=cfg.batch_size, lr=cfg.lr, val_fraction=0.1, seed=cfg.seed,
-                            augment=cfg.augment)
+    recipe = cfg.recipe()
     rows: list[dict] = []
     synthesis = {"model_dir": str(Path(cfg.model_dir).resolve()), "scheduler": "dpm", "steps": cfg.steps,
                  "guidance": cfg.guidance, "negative_prompt": "", "batch_size": cfg.synthesis_batch,
                  "shard_size": max(cfg.synthesis_batch, 200)}
     training = recipe.run_settings()
-    evaluator_site = None
+    evaluator_site = next(iter(site_dirs))
     with LoopbackFederation(work / "federation", synthesis, training, threads=cfg.threads) as fed:
         for method in [m for m in cfg.methods if m in ONESHOT_METHODS]:
-            for ipc in cfg.images_per_class:
-                fid = f"sim-{method}-{ipc}"
-                print(f"[one-shot] {method}, {ipc} synthetic images per class", flush=True)
-                res = fed.run(fid, classes, site_dirs, ipc, method=method, domain=cfg.domain)
-                evaluator_site = next(iter(site_dirs))
-                ev = fed.evaluate(evaluator_site, res["model"], test_dir)
-                up = list(res["payload_bytes"].values())
-                rows.append({"method": f"one-shot {method}", "setting": f"{ipc} img/class",
-                             "images_per_class": ipc, "accuracy": ev["accuracy"],
-                             "per_class": [ev["per_class"].get(c) for c in classes],
-                             "upload_bytes_per_site": float(np.mean(up)), "upload_bytes_max": max(up),
-                             "download_bytes_per_site": res["model"].stat().st_size,
-                             "wall_s": res["total_s"], "selected_on": "held-out synthetic images",
-                             "synthetic_val_acc": (res.get("training_result") or {}).get("val_acc"),
-                             "stages": {"sites prepare+upload": res["prepare_upload_s"],
-                                        "synthesis": res["synthesis_s"], "training": res["training_s"],
-                                        "fetch": res["fetch_s"]}})
-                print(f"    test accuracy {ev['accuracy']:.4f}", flush=True)
-        if evaluator_site is None:  # baselines only: a site home is still needed to run `osfl-edge`
-            evaluator_site = next(iter(site_dirs))
-            fed.enroll(evaluator_site)
+            rows.extend(_run_oneshot(cfg, fed, method, classes, site_dirs, test_dir, recipe, out))
+        if not any(m in ONESHOT_METHODS for m in cfg.methods):
+            fed.enroll(evaluator_site)  # baselines only: a site home is still needed to run `osfl-edge`
 
         def score(model, path: Path) -> dict:
             from server_daemon.training.export import export_onnx
@@ -212,47 +237,33 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
             return fed.evaluate(evaluator_site, path, test_dir, verify=False)
 
         site_data = [(to_tensor(_grey32(pool.images[idx])), pool.labels[idx]) for idx in parts]
+        site_train, site_val = split_sites(site_data, cfg.val_fraction, cfg.seed)
         torch.manual_seed(cfg.seed)
         if "centralized" in cfg.methods:
             print(f"[centralized] {cfg.central_epochs} epochs on {len(pool)} images", flush=True)
-            x = torch.cat([d[0] for d in site_data])
-            y = np.concatenate([d[1] for d in site_data])
-            res = train_centralized(x, y, len(classes), recipe, cfg.central_epochs, recipe.val_fraction,
-                                    labels=classes)
+            # the union of the sites' training parts; the epoch is chosen on their held-out parts
+            x = torch.cat([d[0] for d in site_train])
+            y = np.concatenate([d[1] for d in site_train])
+            val = (torch.cat([d[0] for d in site_val]), np.concatenate([d[1] for d in site_val]))
+            res = train_centralized(x, y, len(classes), recipe, cfg.central_epochs, labels=classes, val=val)
             ev = score(res["model"], out / "models" / "centralized.onnx")
             rows.append({"method": "centralized", "setting": f"{cfg.central_epochs} epochs",
                          "accuracy": ev["accuracy"], "per_class": [ev["per_class"].get(c) for c in classes],
                          "upload_bytes_per_site": None, "download_bytes_per_site": None,
                          "wall_s": round(res["seconds"], 1), "best_epoch": res["best_epoch"],
-                         "selected_on": "held-out 10% of the sites' images",
+                         "stages": {"training": round(res["seconds"], 1)},
+                         "selected_on": "the sites' held-out images",
                          "note": "pools the raw images (not federated): the ceiling"})
             print(f"    test accuracy {ev['accuracy']:.4f}", flush=True)
-        if "fedavg" in cfg.methods:
-            rounds = max(cfg.rounds)
-            print(f"[fedavg] {rounds} rounds x {cfg.local_epochs} local epoch(s), {cfg.sites} sites", flush=True)
-            t0 = time.monotonic()
-            fed_rows = []
-
-            def on_round(r: int, model) -> None:
-                ev = score(model, out / "models" / f"fedavg-r{r}.onnx")
-                fed_rows.append({"method": "FedAvg", "setting": f"{r} rounds x {cfg.local_epochs} ep",
-                                 "rounds": r, "accuracy": ev["accuracy"],
-                                 "per_class": [ev["per_class"].get(c) for c in classes],
-                                 "wall_s": round(time.monotonic() - t0, 1)})
-                print(f"    round {r}: test accuracy {ev['accuracy']:.4f}", flush=True)
-
-            res = run_fedavg(site_data, len(classes), recipe, rounds, cfg.local_epochs, set(cfg.rounds), on_round,
-                             labels=classes)
-            half = res["bytes_per_round_per_site"] // 2
-            for row in fed_rows:
-                row["upload_bytes_per_site"] = row["download_bytes_per_site"] = half * row["rounds"]
-                row["impl"] = res["impl"]
-            rows.extend(fed_rows)
+        for strategy in [m for m in cfg.methods if m in FEDERATED]:
+            for epochs in cfg.local_epochs:
+                rows.extend(_run_baseline(cfg, strategy, epochs, site_train, site_val, classes, recipe, score, out,
+                                          tune_federated))
     meta = {"title": cfg.title or f"{cfg.dataset}, {cfg.sites} sites, {cfg.partition}",
             "description": (f"{len(pool)} site images ({cfg.dataset}), {cfg.sites} sites, partition "
-                            f"{cfg.partition}; {len(test)} real test images; classifier {cfg.arch} at "
-                            f"{cfg.image_size} px; generator {Path(cfg.model_dir).name}."),
-            "config": asdict(cfg), "classes": classes, "chance": 1.0 / len(classes),
+                            f"{cfg.partition}, seed {cfg.seed}; {len(test)} real test images; classifier "
+                            f"{cfg.arch} at {cfg.image_size} px; generator {Path(cfg.model_dir).name}."),
+            "config": asdict(cfg), "recipe": recipe.run_settings(), "classes": classes, "chance": 1.0 / len(classes),
             "site_counts": dict(zip(site_names, site_counts)), "test_images": len(test),
             "site_images": len(pool), "wall_s": round(time.monotonic() - t_all, 1),
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, torch threads "
@@ -264,12 +275,96 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
     return {"meta": meta, "rows": rows, "paths": paths}
 
 
+def _run_oneshot(cfg: SimConfig, fed, method: str, classes, site_dirs, test_dir: Path, recipe, out: Path) -> list[dict]:
+    """One federation at the largest count (the product's path); smaller counts as nested subsets."""
+    from server_daemon.training import train_classifier
+    from server_daemon.training.data import load_dataset
+
+    counts = sorted(set(cfg.images_per_class))
+    top = counts[-1]
+    fid = f"sim-{method}-{top}-s{cfg.seed}"
+    print(f"[one-shot] {method}, {top} synthetic images per class", flush=True)
+    res = fed.run(fid, classes, site_dirs, top, method=method, domain=cfg.domain)
+    evaluator = next(iter(site_dirs))
+    up = list(res["payload_bytes"].values())
+    common = {"method": f"one-shot {method}", "upload_bytes_per_site": float(np.mean(up)),
+              "upload_bytes_max": max(up), "download_bytes_per_site": res["model"].stat().st_size,
+              "selected_on": "held-out synthetic images"}
+    ev = fed.evaluate(evaluator, res["model"], test_dir)
+    rows = [{**common, "setting": f"{top} img/class", "images_per_class": top, "accuracy": ev["accuracy"],
+             "per_class": [ev["per_class"].get(c) for c in classes], "wall_s": res["total_s"],
+             "synthetic_val_acc": (res.get("training_result") or {}).get("val_acc"),
+             "stages": {"sites prepare+upload": res["prepare_upload_s"], "synthesis": res["synthesis_s"],
+                        "training": res["training_s"], "fetch": res["fetch_s"]}}]
+    print(f"    {top} img/class: test accuracy {ev['accuracy']:.4f}", flush=True)
+    if len(counts) > 1:
+        full = load_dataset(res["synthetic_dir"], labels=classes)
+        per_image_s = (res["synthesis_s"] or 0.0) / max(len(full.samples), 1)
+        for k in counts[:-1]:
+            t = time.monotonic()
+            trained = train_classifier(nested_subset(full, k), out / "work" / f"nested-{k}", recipe, labels=classes,
+                                       progress=False, resume=False, device="cpu")
+            ev = fed.evaluate(evaluator, trained.onnx_path, test_dir, verify=False)
+            train_s = round(time.monotonic() - t, 1)
+            rows.append({**common, "setting": f"{k} img/class", "images_per_class": k, "accuracy": ev["accuracy"],
+                         "per_class": [ev["per_class"].get(c) for c in classes],
+                         "download_bytes_per_site": trained.onnx_path.stat().st_size,
+                         "synthetic_val_acc": trained.best_val_acc, "nested_in": top,
+                         "wall_s": round(per_image_s * k * len(classes) + train_s, 1),
+                         "stages": {"synthesis (share of the largest run)": round(per_image_s * k * len(classes), 1),
+                                    "training": train_s}})
+            print(f"    {k} img/class (first {k} of the {top}): test accuracy {ev['accuracy']:.4f}", flush=True)
+    return sorted(rows, key=lambda r: r["images_per_class"])
+
+
+def _run_baseline(cfg: SimConfig, strategy: str, epochs: int, site_train, site_val, classes, recipe, score, out: Path,
+                  tune_federated) -> list[dict]:
+    """One federated baseline at ``epochs`` local epochs: tune on the sites' held-out images, then
+    score the chosen setting's global model after each reported round count."""
+    rounds = max(cfg.rounds)
+    name = STRATEGY_NAMES[strategy]
+    print(f"[{strategy}] {rounds} rounds x {epochs} local epoch(s), {cfg.sites} sites; lr from {list(cfg.lr_grid)}"
+          + (f", mu from {list(cfg.mu_grid)}" if strategy == "fedprox" else "")
+          + f", chosen on the sites' held-out images after {cfg.tune_rounds or rounds} rounds", flush=True)
+    tuned = tune_federated(site_train, site_val, len(classes), recipe, strategy=strategy, local_epochs=epochs,
+                           rounds=rounds, report_rounds=cfg.rounds, lrs=cfg.lr_grid, mus=cfg.mu_grid,
+                           tune_rounds=cfg.tune_rounds, labels=classes)
+    print(f"    chosen: lr {tuned.lr:g}" + (f", mu {tuned.mu:g}" if strategy == "fedprox" else "")
+          + f" (held-out accuracy {tuned.val_acc:.4f})", flush=True)
+    run = tuned.run
+    half = run.bytes_per_round_per_site // 2
+    model = run.model
+    out_rows = []
+    per_round_s = run.seconds / rounds
+    for r in sorted(cfg.rounds):
+        model.load_state_dict(run.states[r])
+        ev = score(model, out / "models" / f"{strategy}-e{epochs}-r{r}.onnx")
+        setting = f"{r} rounds x {epochs} ep, lr {tuned.lr:g}" + (f", mu {tuned.mu:g}" if strategy == "fedprox" else "")
+        out_rows.append({"method": name, "setting": setting, "rounds": r, "local_epochs": epochs, "lr": tuned.lr,
+                         "mu": tuned.mu if strategy == "fedprox" else None, "accuracy": ev["accuracy"],
+                         "per_class": [ev["per_class"].get(c) for c in classes],
+                         "heldout_acc": run.val_acc.get(r), "tuning": tuned.tried,
+                         "upload_bytes_per_site": half * r, "download_bytes_per_site": half * r,
+                         "wall_s": round(per_round_s * r, 1),
+                         "stages": {"tuning (all settings)": tuned.tune_seconds, "training": round(per_round_s * r, 1)},
+                         "selected_on": "the sites' held-out images (lr, mu); fixed round counts",
+                         "impl": run.impl})
+        print(f"    round {r}: test accuracy {ev['accuracy']:.4f}", flush=True)
+    return out_rows
+
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in str(text).split(",") if v.strip())
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in str(text).split(",") if v.strip())
+
+
 def _click_command():
     import click
+
+    d = SimConfig()
 
     @click.command("simulate")
     @click.option("--dataset", default="fashion-mnist", show_default=True,
@@ -277,16 +372,23 @@ def _click_command():
     @click.option("--partition", "part", default="dirichlet:0.5", show_default=True,
                   help="iid, dirichlet:BETA or by-domain")
     @click.option("--sites", default=10, show_default=True)
-    @click.option("--methods", default="class-prompts,centralized,fedavg", show_default=True)
+    @click.option("--methods", default=",".join(d.methods), show_default=True, help=f"some of {', '.join(METHODS)}")
     @click.option("--model-dir", default=str(DEFAULT_MODEL_DIR), show_default=True,
                   help="the generator: a local diffusers directory (e.g. from `osfl-server pretrain-tiny`)")
-    @click.option("--images-per-class", default="100", show_default=True, help="comma list: one federation each")
-    @click.option("--rounds", default="1,10,50", show_default=True, help="FedAvg rounds to report")
-    @click.option("--local-epochs", default=1, show_default=True)
-    @click.option("--central-epochs", default=10, show_default=True)
-    @click.option("--oneshot-epochs", default=40, show_default=True,
+    @click.option("--images-per-class", default="100", show_default=True,
+                  help="comma list: the largest is synthesised, the others are its first k per class")
+    @click.option("--rounds", default="1,10,50", show_default=True, help="FedAvg/FedProx round counts to report")
+    @click.option("--local-epochs", default="1,5", show_default=True, help="comma list: each is tuned and reported")
+    @click.option("--lr-grid", default=",".join(f"{v:g}" for v in d.lr_grid), show_default=True,
+                  help="FedAvg/FedProx learning rates, chosen on the sites' held-out images")
+    @click.option("--mu-grid", default=",".join(f"{v:g}" for v in d.mu_grid), show_default=True,
+                  help="FedProx proximal weights tried")
+    @click.option("--tune-rounds", default=0, show_default=True,
+                  help="rounds per tuning run (0: all of the largest round count)")
+    @click.option("--central-epochs", default=d.central_epochs, show_default=True)
+    @click.option("--oneshot-epochs", default=d.oneshot_epochs, show_default=True,
                   help="epochs of the server's training job on the synthetic images")
-    @click.option("--arch", default="tiny", show_default=True, type=click.Choice(["tiny", "resnet18"]))
+    @click.option("--arch", default=d.arch, show_default=True, type=click.Choice(["cnn", "tiny", "resnet18"]))
     @click.option("--max-site-images", default=0, show_default=True, help="cap on all sites' images (0: all)")
     @click.option("--max-test-images", default=0, show_default=True, help="cap on test images (0: all)")
     @click.option("--domain", default="", help="domain text the sites send with class prompts")
@@ -294,18 +396,22 @@ def _click_command():
     @click.option("--threads", default=0, show_default=True, help="torch threads here and in the daemon's jobs (0: default)")
     @click.option("--steps", default=20, show_default=True, help="synthesis denoising steps (DPM-Solver)")
     @click.option("--out", "out_dir", default="sim-results", show_default=True, type=click.Path(file_okay=False))
-    def simulate_cmd(dataset, part, sites, methods, model_dir, images_per_class, rounds, local_epochs,
-                     central_epochs, oneshot_epochs, arch, max_site_images, max_test_images, domain, seed, threads, steps,
-                     out_dir):
+    def simulate_cmd(dataset, part, sites, methods, model_dir, images_per_class, rounds, local_epochs, lr_grid, mu_grid,
+                     tune_rounds, central_epochs, oneshot_epochs, arch, max_site_images, max_test_images, domain, seed,
+                     threads, steps, out_dir):
         """Simulate a federation on real images: one-shot methods (real daemon + osfl-edge sites) against
-        centralized training and FedAvg on the same partition, classifier and test set."""
+        centralized training, FedAvg and FedProx on the same partition, classifier and test set."""
         logging.basicConfig(level=logging.WARNING)
-        cfg = SimConfig(dataset=dataset, partition=part, sites=sites,
-                        methods=tuple(m.strip() for m in methods.split(",") if m.strip()), model_dir=model_dir,
-                        images_per_class=_ints(images_per_class), rounds=_ints(rounds), local_epochs=local_epochs,
-                        central_epochs=central_epochs, oneshot_epochs=oneshot_epochs, arch=arch,
-                        max_site_images=max_site_images, max_test_images=max_test_images, domain=domain, seed=seed,
-                        threads=threads, steps=steps)
+        try:
+            cfg = SimConfig(dataset=dataset, partition=part, sites=sites,
+                            methods=tuple(m.strip() for m in methods.split(",") if m.strip()), model_dir=model_dir,
+                            images_per_class=_ints(images_per_class), rounds=_ints(rounds),
+                            local_epochs=_ints(local_epochs), lr_grid=_floats(lr_grid), mu_grid=_floats(mu_grid),
+                            tune_rounds=tune_rounds, central_epochs=central_epochs, oneshot_epochs=oneshot_epochs,
+                            arch=arch, max_site_images=max_site_images, max_test_images=max_test_images, domain=domain,
+                            seed=seed, threads=threads, steps=steps)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
         res = run_simulation(cfg, out_dir)
         click.echo(res["paths"]["md"].read_text())
         click.echo(f"results: {res['paths']['md']}, {res['paths']['json']}, {res['paths']['accuracy_png']}")
