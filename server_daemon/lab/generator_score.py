@@ -181,7 +181,7 @@ def generate_class_images(engine, classes: Sequence[str], per_class: int, *, see
 def generator_score(pipe_dir: str | os.PathLike, dataset: str, *, per_class: int = 300, seed: int = 0,
                     steps: int = 20, guidance: float = 3.0, batch: int = 100, epochs: int | None = None,
                     threads: int = 0, progress: bool = True, holdout: int = DEFAULT_HOLDOUT,
-                    test_set=None) -> dict:
+                    test_set=None, compare: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Train the benchmark's classifier on ``per_class`` generated images of each class of ``dataset``
     and score it on real test images (see the module docstring).
 
@@ -190,6 +190,8 @@ def generator_score(pipe_dir: str | os.PathLike, dataset: str, *, per_class: int
     torch's thread count. Returns ``accuracy``, ``per_class`` (accuracy of each class),
     ``per_class_images``, ``test_images``, ``test_set`` (its name), ``steps``, ``guidance``,
     ``seed``, ``best_epoch``, ``seconds`` (``generate``, ``train``) and a few more settings.
+    ``compare`` names other recipes (changes to the benchmark's, e.g. ``{"arch": "tiny"}``, with an
+    optional ``"epochs"``) trained and scored on the same generated images: ``score["compare"][name]``.
     """
     import torch
 
@@ -221,6 +223,19 @@ def generator_score(pipe_dir: str | os.PathLike, dataset: str, *, per_class: int
     ev = baselines.evaluate(res["model"], baselines.to_tensor(grey32(test.images)), test.labels,
                             len(classes), recipe)
     t_train = time.monotonic() - t0
+    compared = {}
+    x_test = baselines.to_tensor(grey32(test.images))
+    for name, changes in (compare or {}).items():
+        changes = dict(changes)
+        other_epochs = int(changes.pop("epochs", epochs))
+        other = recipe.replace(**changes)
+        t1 = time.monotonic()
+        got = baselines.train_centralized(x, labels, len(classes), other, other_epochs, other.val_fraction,
+                                          labels=classes)
+        other_ev = baselines.evaluate(got["model"], x_test, test.labels, len(classes), other)
+        compared[name] = {"accuracy": other_ev["accuracy"], "per_class": other_ev["per_class"],
+                          "recipe": other.run_settings(), "epochs": other_epochs, "best_epoch": got["best_epoch"],
+                          "seconds": round(time.monotonic() - t1, 1)}
     score = {
         "accuracy": ev["accuracy"], "per_class": ev["per_class"], "per_class_images": int(per_class),
         "generated_images": int(len(images)), "test_images": int(len(test)), "test_set": test.name,
@@ -230,6 +245,8 @@ def generator_score(pipe_dir: str | os.PathLike, dataset: str, *, per_class: int
         "val_accuracy": res["val_acc"], "images_sha256": digest,
         "seconds": {"generate": round(t_generate, 1), "train": round(t_train, 1)},
     }
+    if compared:
+        score["compare"] = compared
     log.info("generator score %.3f on %d %s images (%d generated, %.0f s + %.0f s)", score["accuracy"],
              score["test_images"], test.name, len(images), t_generate, t_train)
     return score

@@ -109,3 +109,13 @@ def test_wheelhouse_builder_help_and_bad_argument() -> None:
     half = subprocess.run(["bash", str(WHEELHOUSE), "--python-version", "3.11"], capture_output=True, text=True,
                           timeout=30)
     assert half.returncode == 2 and "--platform" in half.stderr
+
+
+def test_operator_guide_documents_every_training_key():
+    from dataclasses import fields
+
+    from server_daemon.ingest.config import TrainingRecipe
+
+    text = OPERATOR_GUIDE.read_text(encoding="utf-8")
+    missing = [f.name for f in fields(TrainingRecipe) if f"`{f.name}`" not in text]
+    assert not missing, f"docs/operator.md does not document [training] key(s) {missing}"

@@ -50,9 +50,13 @@ def test_generator_score_trains_on_generated_images_and_scores_on_the_real_test_
     assert score["best_epoch"] == 1 and set(score["seconds"]) == {"generate", "train"}
     assert score["prompt"] == "{class}, real world images, high resolution"  # the class-prompts template
     small = ds.fashion_mnist_subset("test").subset(np.arange(0, 3000, 10), "every-tenth")
-    again = gs.generator_score(tiny_sd, "fashion-mnist-subset", per_class=3, batch=16, test_set=small, **FAST)
+    again = gs.generator_score(tiny_sd, "fashion-mnist-subset", per_class=3, batch=16, test_set=small,
+                               compare={"tiny": {"arch": "tiny", "augment": False, "epochs": 2}}, **FAST)
     assert again["images_sha256"] == score["images_sha256"]  # same arguments: the same images
     assert again["test_images"] == 300 and again["test_set"] == "every-tenth"
+    other = again["compare"]["tiny"]  # another recipe, trained on the same generated images
+    assert 0.0 <= other["accuracy"] <= 1.0 and other["recipe"]["arch"] == "tiny" and other["epochs"] == 2
+    assert "compare" not in score
     assert "3,000 real fashion-mnist-subset test images" in gs.describe(score)
 
 
