@@ -37,9 +37,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--record", action="store_true",
+                    help="also store each generator's score in its osfl_pretrain.json (as pretrain-tiny --score-only)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    from server_daemon.lab.generator_score import generator_score, read_pretrain_json
+    from server_daemon.lab.generator_score import generator_score, read_pretrain_json, write_score
 
     rows = []
     for pipe in args.generators:
@@ -48,6 +50,8 @@ def main(argv=None) -> int:
         print(f"== {pipe}: {unet.get('steps')} UNet steps ({unet.get('epochs', 0):.1f} epochs)", flush=True)
         s = generator_score(pipe, args.dataset, per_class=args.per_class, threads=args.threads,
                             compare={"old": OLD_RECIPE})
+        if args.record:
+            write_score(pipe, {k: v for k, v in s.items() if k != "compare"})
         rows.append({"generator": str(pipe), "unet_steps": unet.get("steps"), "epochs": unet.get("epochs"),
                      "cnn_recipe": s["accuracy"], "old_recipe": s["compare"]["old"]["accuracy"],
                      "seconds": s["seconds"], "test_images": s["test_images"]})

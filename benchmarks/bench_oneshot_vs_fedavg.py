@@ -132,11 +132,12 @@ def _num(value, fmt: str = "{:.3f}") -> str:
 
 
 def _mean_std(values: list[float]) -> str:
+    """"mean ± std (n)" over seeds; one value alone, with (1)."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.3f} (1)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({len(values)})"
 
 
 def load_parts(out: Path) -> dict:
@@ -159,8 +160,9 @@ def best_baseline(rows: list[dict], final_round: int) -> dict | None:
 
 def report(out: Path) -> str:
     parts = load_parts(out)
-    lines = ["| cell | seeds | one-shot class prompts | centralized | best tuned baseline, 1 / 10 / 50 rounds "
-             "| that baseline | upload per site: one-shot vs that baseline |",
+    lines = ["Each figure: mean ± std over seeds (number of seeds).", "",
+             "| cell | one-shot class prompts (img/class) | one-shot, largest count | centralized "
+             "| best tuned baseline, 1 / 10 / 50 rounds | that baseline | upload per site: one-shot vs that baseline |",
              "|---|---:|---:|---:|---:|---|---|"]
     detail = ["| cell | seed | method | setting | test accuracy | held-out (sites) | upload / site | wall time |",
               "|---|---:|---|---|---:|---:|---:|---:|"]
@@ -169,13 +171,19 @@ def report(out: Path) -> str:
     notes, summary = [], {}
     for cell in sorted(parts, key=lambda c: list(CELLS).index(c) if c in CELLS else 99):
         seeds = sorted(parts[cell])
-        one, cen, base, which, up = [], [], {1: [], 10: [], 50: []}, [], ""
+        one, largest, cen, base, which, up = [], [], [], {1: [], 10: [], 50: []}, [], ""
+        counts = [{r["images_per_class"] for r in parts[cell][seed]["rows"] if r["method"].startswith("one-shot")}
+                  for seed in seeds]
+        # the one-shot column: the largest count that every seed with a one-shot run has
+        common = max(set.intersection(*[c for c in counts if c]), default=None) if any(counts) else None
+        most = max(set().union(*counts), default=None)
         for seed in seeds:
             rows = parts[cell][seed]["rows"]
             oneshot = [r for r in rows if r["method"].startswith("one-shot")]
-            top = max(oneshot, key=lambda r: r["images_per_class"]) if oneshot else None
+            top = next((r for r in oneshot if r["images_per_class"] == common), None)
             if top:
                 one.append(top["accuracy"])
+            largest += [r["accuracy"] for r in oneshot if r["images_per_class"] == most]
             c = next((r for r in rows if r["method"] == "centralized"), None)
             if c:
                 cen.append(c["accuracy"])
@@ -208,10 +216,12 @@ def report(out: Path) -> str:
                                                  f"epochs {cfg.get('local_epochs')}, lr grid {cfg.get('lr_grid')}, mu grid "
                                                  f"{cfg.get('mu_grid')}, tuned after {cfg.get('tune_rounds') or max(cfg.get('rounds', [0]))} rounds")
                              + f"; wall time {meta['wall_s']:.0f} s; {meta.get('machine', '')}")
-        lines.append(f"| {cell} | {len(seeds)} | {_mean_std(one)} | {_mean_std(cen)} | "
+        lines.append(f"| {cell} | {_mean_std(one)} ({common}) | {_mean_std(largest)} ({most}) | {_mean_std(cen)} | "
                      f"{' / '.join(_mean_std(base[k]) for k in (1, 10, 50))} | {'; '.join(dict.fromkeys(which)) or '-'} "
                      f"| {up or '-'} |")
-        summary[cell] = {"seeds": seeds, "oneshot": one, "centralized": cen, "baseline": base, "baseline_setting": which}
+        summary[cell] = {"seeds": seeds, "oneshot": one, "oneshot_images_per_class": common, "oneshot_largest": largest,
+                         "largest_images_per_class": most, "centralized": cen, "baseline": base,
+                         "baseline_setting": which}
         points = [(r["images_per_class"], r["accuracy"]) for seed in seeds for r in parts[cell][seed]["rows"]
                   if r["method"].startswith("one-shot")]
         if len({p[0] for p in points}) > 1:

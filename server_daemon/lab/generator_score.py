@@ -291,15 +291,12 @@ def write_score(pipe_dir: str | os.PathLike, score: Mapping[str, Any]) -> Path:
     """Store ``score`` as ``"score"`` in the directory's ``osfl_pretrain.json`` (created if absent),
     atomically: a temporary file in the same directory replaces the old one, so a reader never
     sees half a file and an interrupted write leaves the old one."""
+    from protocol.files import atomic_write
+
     path = Path(pipe_dir) / PRETRAIN_JSON
     meta = read_pretrain_json(pipe_dir) or {}
     meta["score"] = dict(score)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, (json.dumps(meta, indent=2) + "\n").encode("utf-8"), mode=0o644)
     return path
 
 

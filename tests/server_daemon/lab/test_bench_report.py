@@ -42,11 +42,16 @@ def test_report_takes_the_baseline_best_on_held_out_images_and_averages_seeds(tm
         _write(tmp_path, "a-dirichlet0.01", seed, "baselines", rows)
     text = bench.report(tmp_path)
     head = next(line for line in text.splitlines() if line.startswith("| a-dirichlet0.01 |"))
-    assert "| 2 | 0.750 ± 0.071 | 0.890 ± 0.014 |" in head
-    assert "0.200 ± 0.000 / 0.400 ± 0.000 / 0.600 ± 0.000" in head
+    assert "| 0.750 ± 0.071 (2) (100) | 0.750 ± 0.071 (2) (100) | 0.890 ± 0.014 (2) |" in head
+    assert "0.200 ± 0.000 (2) / 0.400 ± 0.000 (2) / 0.600 ± 0.000 (2)" in head
     assert "FedAvg E=1, lr 0.03" in head and "E=5" not in head
     summary = json.loads((tmp_path / "oneshot_vs_fedavg.json").read_text())
     assert summary["a-dirichlet0.01"]["oneshot"] == [0.8, 0.7]
+    # a third seed with the one-shot run at the smaller count only: the column takes the common count
+    _write(tmp_path, "a-dirichlet0.01", 2, "oneshot", [
+        {"method": "one-shot class-prompts", "images_per_class": 10, "accuracy": 0.5, "upload_bytes_per_site": 200}])
+    head = next(line for line in bench.report(tmp_path).splitlines() if line.startswith("| a-dirichlet0.01 |"))
+    assert head.startswith("| a-dirichlet0.01 | 0.600 ± 0.100 (3) (10) | 0.750 ± 0.071 (2) (100) |")
     assert (tmp_path / "a-dirichlet0.01-accuracy_vs_images.png").is_file()
 
 

@@ -21,8 +21,9 @@ MIN_ACCURACY = 0.40
 
 @pytest.mark.slow
 def test_one_shot_model_is_far_above_chance(tmp_path):
-    """40 synthetic images per class, 40 epochs of the tiny ResNet; chance is 0.10. The accuracy
-    measured when this was written is in models/README.md (CI-sized run)."""
+    """40 synthetic images per class, 40 epochs of the benchmark's recipe (McMahan CNN, shift/flip,
+    cosine); chance is 0.10. The accuracy measured when this was written is in models/README.md
+    (CI-sized run)."""
     assert (MODEL / "model_index.json").is_file(), f"{MODEL} is committed; is the checkout complete?"
     cfg = SimConfig(dataset="fashion-mnist-subset", partition="dirichlet:0.01", sites=3, methods=("class-prompts",),
                     model_dir=str(MODEL), images_per_class=(40,), oneshot_epochs=40, batch_size=32,
