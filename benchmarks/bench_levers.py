@@ -11,7 +11,8 @@ is the sweep of bench_oneshot_vs_fedavg.py.
 The generator committed before this benchmark (2.5 epochs of pretraining) is in git history:
 
     git archive 163b0af models/sd-fashion-tiny | tar -x -C /tmp/old-generator
-    python benchmarks/bench_levers.py /tmp/old-generator/models/sd-fashion-tiny models/sd-fashion-tiny
+    python benchmarks/bench_levers.py /tmp/old-generator/models/sd-fashion-tiny models/sd-fashion-tiny \
+        --labels "earlier checkpoint (git 163b0af)" models/sd-fashion-tiny
 
 Writes benchmarks/results/levers.{md,json}.
 """
@@ -37,14 +38,18 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--labels", nargs="+", help="names for the generators in the table (default: their paths)")
     ap.add_argument("--record", action="store_true",
                     help="also store each generator's score in its osfl_pretrain.json (as pretrain-tiny --score-only)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     from server_daemon.lab.generator_score import generator_score, read_pretrain_json, write_score
 
+    if args.labels and len(args.labels) != len(args.generators):
+        ap.error(f"{len(args.labels)} --labels for {len(args.generators)} generators")
+    labels = args.labels or args.generators
     rows = []
-    for pipe in args.generators:
+    for pipe, label in zip(args.generators, labels):
         meta = read_pretrain_json(pipe) or {}
         unet = meta.get("unet", {})
         print(f"== {pipe}: {unet.get('steps')} UNet steps ({unet.get('epochs', 0):.1f} epochs)", flush=True)
@@ -52,7 +57,7 @@ def main(argv=None) -> int:
                             compare={"old": OLD_RECIPE})
         if args.record:
             write_score(pipe, {k: v for k, v in s.items() if k != "compare"})
-        rows.append({"generator": str(pipe), "unet_steps": unet.get("steps"), "epochs": unet.get("epochs"),
+        rows.append({"generator": label, "unet_steps": unet.get("steps"), "epochs": unet.get("epochs"),
                      "cnn_recipe": s["accuracy"], "old_recipe": s["compare"]["old"]["accuracy"],
                      "seconds": s["seconds"], "test_images": s["test_images"]})
         print(f"   CNN recipe {s['accuracy']:.3f}; old recipe {s['compare']['old']['accuracy']:.3f}", flush=True)
