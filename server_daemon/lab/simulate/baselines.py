@@ -4,7 +4,8 @@ Both train as the one-shot path does: the same :class:`~server_daemon.ingest.con
 (arch, image size, SGD settings, augmentation) and the same epoch function,
 :func:`server_daemon.training.train.train_epoch` (classifier from ``new_classifier``, ImageNet
 normalisation, torch-only augmentation), so the only difference is the data each sees. They run
-on the CPU whatever ``recipe.device`` says.
+where ``recipe.device`` says (:func:`policy_for`: "auto" takes CUDA, with automatic mixed
+precision, when torch sees a GPU, else the CPU in fp32).
 
 - :func:`train_centralized`: SGD on the union of the sites' images; the epoch kept is the best on
   a held-out split of those images (never the test set).
@@ -42,8 +43,13 @@ from server_daemon.training.train import Batches, DevicePolicy, new_classifier, 
 
 log = logging.getLogger(__name__)
 
-#: the baselines train on the CPU, in fp32
+#: the CPU in fp32
 CPU = DevicePolicy(torch.device("cpu"))
+
+
+def policy_for(recipe: TrainingRecipe) -> DevicePolicy:
+    """Where the baselines of ``recipe`` train: its ``device`` ("auto": CUDA when present)."""
+    return DevicePolicy.choose(None if recipe.device in ("", "auto") else recipe.device)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -62,20 +68,24 @@ def _gen(seed: int, *tags) -> torch.Generator:
 def train_epochs(model, x: torch.Tensor, y: torch.Tensor, epochs: int, recipe: TrainingRecipe,
                  gen: torch.Generator, optimizer=None, extra_loss=None) -> float:
     """``epochs`` of SGD on (x, y) in place, each one :func:`train_epoch`; returns the last epoch's mean loss."""
+    policy = policy_for(recipe)
+    model.to(policy.device)
     if optimizer is None:
         optimizer = new_optimizer(model, recipe)
-    data, scaler = Batches.of_tensors(x, y), CPU.scaler()
+    data, scaler = Batches.of_tensors(x, y), policy.scaler()
     loss = 0.0
     for _ in range(epochs):
-        loss = train_epoch(model, optimizer, scaler, data, recipe, gen, CPU, extra_loss=extra_loss).loss
+        loss = train_epoch(model, optimizer, scaler, data, recipe, gen, policy, extra_loss=extra_loss).loss
     model.eval()
     return loss
 
 
 @torch.no_grad()
 def predict(model, x: torch.Tensor, recipe: TrainingRecipe, batch: int = 512) -> np.ndarray:
-    model.eval()
-    out = [CPU.logits(model, CPU.inputs(x[k:k + batch], recipe.image_size)).argmax(1) for k in range(0, len(x), batch)]
+    policy = policy_for(recipe)
+    model.to(policy.device).eval()
+    out = [policy.logits(model, policy.inputs(x[k:k + batch], recipe.image_size)).argmax(1).cpu()
+           for k in range(0, len(x), batch)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
@@ -118,7 +128,7 @@ def train_centralized(x: torch.Tensor, y: np.ndarray, n_classes: int, recipe: Tr
     else:
         tr, va = holdout(np.asarray(y), val_fraction, recipe.seed)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    model = new_classifier(n_classes, recipe, labels)
+    model = new_classifier(n_classes, recipe, labels).to(policy_for(recipe).device)
     opt = new_optimizer(model, recipe)
     best, best_state, history = -1.0, None, []
     scheduled = recipe.replace(epochs=epochs)
@@ -131,7 +141,7 @@ def train_centralized(x: torch.Tensor, y: np.ndarray, n_classes: int, recipe: Tr
         if val > best:
             best, best_state = val, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
-    return {"model": model, "history": history, "best_epoch": int(np.argmax([h["val_acc"] for h in history])) + 1,
+    return {"model": model.to("cpu").eval(), "history": history, "best_epoch": int(np.argmax([h["val_acc"] for h in history])) + 1,
             "val_acc": best, "seconds": time.monotonic() - t0}
 
 
@@ -222,7 +232,8 @@ def run_federated(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: i
     """
     t0 = time.monotonic()
     flower = flower_strategy(strategy, mu)
-    global_model = new_classifier(n_classes, recipe, labels)
+    device = policy_for(recipe).device
+    global_model = new_classifier(n_classes, recipe, labels).to(device)
     keys = list(global_model.state_dict().keys())
     per_round_bytes = 2 * model_bytes(global_model)
     sizes = [len(y) for _, y in site_data]
@@ -231,6 +242,7 @@ def run_federated(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: i
     prox_mu = float(getattr(flower, "proximal_mu", mu)) if strategy == "fedprox" else 0.0
     run = FederatedRun(global_model, "", per_round_bytes, 0.0)
     for rnd in range(1, rounds + 1):
+        global_model.to(device)  # an on_round callback may have moved it (the ONNX export runs on the CPU)
         base = copy.deepcopy(global_model.state_dict())
         global_params = [p.detach().clone() for p in global_model.parameters()]
         extra = proximal_term(global_params, prox_mu) if prox_mu > 0 else None
@@ -238,14 +250,14 @@ def run_federated(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: i
         for k, ((x, _), y) in enumerate(zip(site_data, site_y)):
             if not len(y):
                 continue
-            local = new_classifier(n_classes, recipe, labels)
+            local = new_classifier(n_classes, recipe, labels).to(device)
             local.load_state_dict(base)
             train_epochs(local, x, y, local_epochs, recipe, _gen(recipe.seed, "federated", rnd, k), extra_loss=extra)
             states.append([v.detach().cpu().numpy() for v in local.state_dict().values()])
         avg = _aggregate(flower, rnd, states, [n for n in sizes if n])
         new_state = {}
         for key, ref, arr in zip(keys, base.values(), avg):
-            new_state[key] = torch.as_tensor(np.asarray(arr)).to(ref.dtype)
+            new_state[key] = torch.as_tensor(np.asarray(arr)).to(device=ref.device, dtype=ref.dtype)
         global_model.load_state_dict(new_state)
         global_model.eval()
         if rnd in report_rounds:
@@ -258,6 +270,7 @@ def run_federated(site_data: list[tuple[torch.Tensor, np.ndarray]], n_classes: i
         log.info("%s round %d/%d done (%.0f s)", strategy, rnd, rounds, time.monotonic() - t0)
     name = {"fedavg": "FedAvg", "fedprox": "FedProx"}[strategy]
     run.impl = f"flwr.server.strategy.{name} (in-process)" if flower is not None else "numpy weighted mean"
+    run.model = global_model.to("cpu").eval()
     run.seconds = time.monotonic() - t0
     return run
 

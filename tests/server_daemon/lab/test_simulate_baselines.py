@@ -119,3 +119,16 @@ def test_to_tensor_shapes():
     assert b.to_tensor(np.zeros((2, 8, 8), np.uint8)).shape == (2, 3, 8, 8)
     assert b.to_tensor(np.zeros((2, 8, 8, 3), np.uint8)).shape == (2, 3, 8, 8)
     assert b.to_tensor(np.zeros((2, 8, 8), np.uint8)).dtype == torch.uint8
+
+
+def test_baselines_train_where_the_recipe_says():
+    from server_daemon.training import TrainingError
+
+    assert b.policy_for(RECIPE.replace(device="cpu")).device.type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert b.policy_for(RECIPE).device.type == expected  # "auto"
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="no CUDA GPU"):
+            b.policy_for(RECIPE.replace(device="cuda"))
+    run = b.run_federated(_sites(), 10, RECIPE, rounds=1, local_epochs=1)
+    assert next(run.model.parameters()).device.type == "cpu"  # models come back on the CPU
