@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -119,8 +120,6 @@ def run_part(cell: str, seed: int, part: str, s: dict, args, out: Path) -> None:
     print(f"== {cell} seed {seed} {part}", flush=True)
     t = time.monotonic()
     run_simulation(cfg, where, keep_work=False)
-    import shutil
-
     shutil.rmtree(where / "models", ignore_errors=True)  # exported ONNX files: re-made on demand
     print(f"   {cell} seed {seed} {part}: {time.monotonic() - t:.0f} s", flush=True)
 

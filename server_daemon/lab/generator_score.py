@@ -220,11 +220,10 @@ def generator_score(pipe_dir: str | os.PathLike, dataset: str, *, per_class: int
     x = baselines.to_tensor(grey32(images))
     res = baselines.train_centralized(x, labels, len(classes), recipe, epochs, recipe.val_fraction,
                                       labels=classes)
-    ev = baselines.evaluate(res["model"], baselines.to_tensor(grey32(test.images)), test.labels,
-                            len(classes), recipe)
+    x_test = baselines.to_tensor(grey32(test.images))
+    ev = baselines.evaluate(res["model"], x_test, test.labels, len(classes), recipe)
     t_train = time.monotonic() - t0
     compared = {}
-    x_test = baselines.to_tensor(grey32(test.images))
     for name, changes in (compare or {}).items():
         changes = dict(changes)
         other_epochs = int(changes.pop("epochs", epochs))

@@ -15,6 +15,7 @@ torch and transformers are imported inside the functions, so importing this modu
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 #: ResNet sizes. resnet18 is FGL's classifier (basic blocks, [2,2,2,2], 64..512 channels).
@@ -41,7 +42,9 @@ def build_classifier(arch: str, num_labels: int, labels: Sequence[str] | None = 
     raise ValueError(f"unknown classifier arch {arch!r}; expected one of {', '.join(ARCHS)}")
 
 
+@functools.lru_cache(maxsize=None)
 def _cnn_class():
+    """The CNN's class, defined on first use (so that importing this module does not import torch)."""
     import torch
     from torch import nn
 

@@ -189,7 +189,7 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
     """Run everything in ``cfg``; write results into ``out_dir``; return {"meta", "rows", "paths"}."""
     import torch
 
-    from .baselines import split_sites, to_tensor, train_centralized, tune_federated
+    from .baselines import split_sites, to_tensor, train_centralized
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -257,8 +257,7 @@ def run_simulation(cfg: SimConfig, out_dir: str | Path, *, keep_work: bool = Tru
             print(f"    test accuracy {ev['accuracy']:.4f}", flush=True)
         for strategy in [m for m in cfg.methods if m in FEDERATED]:
             for epochs in cfg.local_epochs:
-                rows.extend(_run_baseline(cfg, strategy, epochs, site_train, site_val, classes, recipe, score, out,
-                                          tune_federated))
+                rows.extend(_run_baseline(cfg, strategy, epochs, site_train, site_val, classes, recipe, score, out))
     meta = {"title": cfg.title or f"{cfg.dataset}, {cfg.sites} sites, {cfg.partition}",
             "description": (f"{len(pool)} site images ({cfg.dataset}), {cfg.sites} sites, partition "
                             f"{cfg.partition}, seed {cfg.seed}; {len(test)} real test images; classifier "
@@ -317,10 +316,12 @@ def _run_oneshot(cfg: SimConfig, fed, method: str, classes, site_dirs, test_dir:
     return sorted(rows, key=lambda r: r["images_per_class"])
 
 
-def _run_baseline(cfg: SimConfig, strategy: str, epochs: int, site_train, site_val, classes, recipe, score, out: Path,
-                  tune_federated) -> list[dict]:
+def _run_baseline(cfg: SimConfig, strategy: str, epochs: int, site_train, site_val, classes, recipe, score,
+                  out: Path) -> list[dict]:
     """One federated baseline at ``epochs`` local epochs: tune on the sites' held-out images, then
     score the chosen setting's global model after each reported round count."""
+    from .baselines import tune_federated
+
     rounds = max(cfg.rounds)
     name = STRATEGY_NAMES[strategy]
     print(f"[{strategy}] {rounds} rounds x {epochs} local epoch(s), {cfg.sites} sites; lr from {list(cfg.lr_grid)}"
